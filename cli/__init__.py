@@ -1,0 +1,1 @@
+"""The `wsl` command: thin, parses and calls the packages, prints."""

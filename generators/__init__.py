@@ -1,0 +1,1 @@
+"""Weight generators behind one interface: diffusion, vqar, hyper."""

@@ -1,0 +1,7 @@
+"""Weight-space core: one vocabulary (ParamLayout) for flat weight vectors, and the operations on them."""
+from store.errors import UserError
+from store.layout import ParamLayout, register_architecture
+from wsl.data import Dataset
+
+__version__ = "0.1.0"
+__all__ = ["UserError", "ParamLayout", "register_architecture", "Dataset", "__version__"]
