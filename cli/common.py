@@ -55,6 +55,9 @@ def emit(data: Any, fmt: str = "table", title: str | None = None, out: Optional[
         else:
             sys.stdout.write(json.dumps(data, default=_json_default) + "\n")
         return
+    if df is None and isinstance(data, dict) and fmt == "table":
+        # one record reads better as a key / value table
+        df = pd.DataFrame({"field": list(data), "value": [_cell(v) for v in data.values()]})
     if df is None:
         df = pd.DataFrame([data] if isinstance(data, dict) else data)
     if fmt == "csv":

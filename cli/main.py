@@ -27,11 +27,13 @@ app = typer.Typer(
 # Each module defines `register(app)`, adding its commands / sub-apps.
 COMMAND_MODULES = [
     "cli.demo",
+    "cli.info_cmds",
     "cli.store_cmds",
     "cli.zoo_cmds",
     "cli.eval_cmds",
     "cli.generate_cmds",
     "cli.hub_cmds",
+    "cli.landscape_cmds",
 ]
 
 

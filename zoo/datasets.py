@@ -228,9 +228,9 @@ def _to_image_array(v: Any) -> np.ndarray:
         from PIL import Image
 
         v = Image.open(io.BytesIO(v["bytes"]))
+    if isinstance(v, np.ndarray) and v.dtype == object:  # nested lists read back through pandas
+        v = np.stack([np.asarray(r, dtype=np.float32) for r in v])
     a = np.asarray(v, dtype=np.float32)
-    if a.dtype == object:
-        a = np.stack([np.asarray(r, dtype=np.float32) for r in v])
     if a.ndim == 2:
         a = a[None]
     elif a.ndim == 3 and a.shape[-1] in (1, 3, 4) and a.shape[0] not in (1, 3, 4):
