@@ -1,0 +1,104 @@
+"""The read-only DuckDB connection users query.
+
+Each table is a DuckDB view over a pyarrow dataset of the table's parts
+(union by name: a column missing from an older part reads as NULL). DuckDB
+never opens a file itself: the views scan Arrow datasets registered from
+Python, and once they exist the connection is locked down with DuckDB's own
+settings:
+
+- `enable_external_access = false`: no file can be read or written from SQL
+  (COPY TO, EXPORT DATABASE, ATTACH of a file, read_csv('/etc/passwd'),
+  INSTALL / LOAD of extensions all fail);
+- `lock_configuration = true`: no SET / PRAGMA can turn that back on;
+- `autoinstall/autoload_known_extensions = false`;
+- and before DuckDB sees a query, `duckdb.extract_statements` must find
+  exactly one SELECT (or EXPLAIN of one): CREATE, INSERT, UPDATE, DELETE,
+  DROP, ALTER, ATTACH, DETACH, COPY, EXPORT, SET, PRAGMA, CALL, LOAD,
+  TRANSACTION, PREPARE/EXECUTE, VACUUM are refused with a UserError.
+
+The database is in memory, so even a statement that slipped past both layers
+could only change that throwaway catalog, never the store.
+"""
+from __future__ import annotations
+
+import duckdb
+import pyarrow as pa
+import pyarrow.dataset as pads
+
+from store.errors import UserError
+
+ALLOWED_STATEMENTS = {"SELECT", "EXPLAIN"}
+
+_DUCK_TYPES = {
+    pa.string(): "VARCHAR",
+    pa.large_string(): "VARCHAR",
+    pa.int64(): "BIGINT",
+    pa.int32(): "INTEGER",
+    pa.float64(): "DOUBLE",
+    pa.float32(): "FLOAT",
+    pa.bool_(): "BOOLEAN",
+    pa.large_binary(): "BLOB",
+    pa.binary(): "BLOB",
+}
+
+
+def duck_type(t: pa.DataType) -> str:
+    return _DUCK_TYPES.get(t, "VARCHAR")
+
+
+def check_select(query: str) -> str:
+    """The query if it is exactly one read-only statement; else a UserError saying what was refused."""
+    if not isinstance(query, str) or not query.strip():
+        raise UserError("empty SQL query", 'pass a SELECT, e.g. "SELECT * FROM models LIMIT 5"')
+    try:
+        statements = duckdb.extract_statements(query)
+    except duckdb.Error as e:
+        raise UserError(f"SQL error: {_first_line(e)}", "fix the query (tables: see `wsl store tables`)") from None
+    except ValueError:
+        # this DuckDB build knows a statement type the Python enum does not (e.g. UPDATE EXTENSIONS)
+        raise UserError("the store's query connection is read-only: statement refused",
+                        "use SELECT (or EXPLAIN) queries only") from None
+    if len(statements) != 1:
+        raise UserError(f"expected one SQL statement, got {len(statements)}", "run one SELECT at a time")
+    kind = statements[0].type.name
+    if kind not in ALLOWED_STATEMENTS:
+        raise UserError(f"the store's query connection is read-only: {kind} statements are refused",
+                        "use SELECT (or EXPLAIN) queries; the store is written through ZooStore.append")
+    return query
+
+
+def _first_line(e: BaseException) -> str:
+    return " ".join(str(e).strip().split("\n")[:3]).strip()
+
+
+def connect_readonly(views: dict[str, tuple[list[str], pa.Schema]]) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB connection with one view per table, then locked down.
+
+    views: table name -> (part paths, unified Arrow schema). A table with no
+    parts gets an empty view with its schema.
+    """
+    con = duckdb.connect(":memory:", config={
+        "autoinstall_known_extensions": False,
+        "autoload_known_extensions": False,
+    })
+    for name, (paths, schema) in views.items():
+        if paths:
+            ds = pads.dataset(paths, schema=schema, format="parquet")
+            con.register(f"__parts_{name}", ds)
+            con.execute(f'CREATE VIEW "{name}" AS SELECT * FROM "__parts_{name}"')
+        else:
+            cols = ", ".join(f'CAST(NULL AS {duck_type(f.type)}) AS "{f.name}"' for f in schema) or "NULL AS dummy"
+            con.execute(f'CREATE VIEW "{name}" AS SELECT {cols} WHERE false')
+    con.execute("SET enable_external_access = false")
+    con.execute("SET lock_configuration = true")
+    return con
+
+
+def run(con: duckdb.DuckDBPyConnection, query: str) -> pa.Table:
+    """Run a checked read-only query; DuckDB errors become UserErrors carrying DuckDB's message."""
+    check_select(query)
+    try:
+        rel = con.sql(query)
+        return rel.to_arrow_table() if rel is not None else pa.table({})
+    except duckdb.Error as e:
+        raise UserError(f"SQL error: {_first_line(e)}", "fix the query (tables: see `wsl store tables`)") from None

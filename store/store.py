@@ -1,0 +1,686 @@
+"""ZooStore: a directory of immutable Parquet parts, queried with DuckDB, weights out as torch tensors.
+
+    store = ZooStore("wsl-store")                       # create or open
+    store.append("models", rows)                        # idempotent on keys
+    store.append_weights("checkpoints", w, rows, layout)  # w: [N, P] tensor
+    store.sql("SELECT phase, count(*) FROM landscape GROUP BY phase")
+    w, meta = store.weights("SELECT checkpoint_id FROM checkpoints JOIN models USING (model_id) "
+                            "WHERE models.lr > 0.01 AND epoch = 5")
+
+Layout on disk:
+
+    STORE/zoo.json                 {"format": "wsl-zoo-store", "schema_version": 1, ...}
+    STORE/<table>/part-*.parquet   immutable parts (see store/parts.py)
+
+Why these choices: a Parquet part per append means writers never touch
+existing files (crash safety, several writers at once, cheap Hub upload);
+weights as raw bytes in a BLOB column let one table hold models of different
+widths and come back as one [N, P] tensor with a single copy; keys derived
+from the content (model_id from zoo + hyperparameters + seed) make every
+append idempotent, so a resumed run never duplicates rows.
+"""
+from __future__ import annotations
+
+import json
+import os
+import threading
+import warnings
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping, Sequence
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+
+from store import codec, parts, sql
+from store.errors import UserError
+from store.layout import ParamLayout
+from store.schema import SCHEMA_VERSION, TABLES, WEIGHT_COLUMNS, Table
+
+FORMAT = "wsl-zoo-store"
+META_FILE = "zoo.json"
+WEIGHTS = "weights"
+_WEIGHT_META = [c for c, _ in WEIGHT_COLUMNS if c != WEIGHTS]
+
+
+def _sql_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _sql_str(s: str) -> str:
+    return "'" + s.replace("'", "''") + "'"
+
+
+class ZooStore:
+    """Create or open the zoo store in directory `path`.
+
+    create=False refuses to make a new store (commands that only read use it,
+    so a typo in --store is an error, not a fresh empty store).
+    """
+
+    def __init__(self, path: str | os.PathLike, create: bool = True):
+        self.path = Path(path).expanduser()
+        self._lock = threading.RLock()
+        self._ro_con: duckdb.DuckDBPyConnection | None = None
+        self._ro_signature: tuple | None = None
+        self._con: duckdb.DuckDBPyConnection | None = None
+        self._layouts: dict[str, ParamLayout] = {}
+        self.skipped_parts: dict[str, str] = {}  # path -> why, parts left out of queries (unreadable footer)
+        self.meta = self._open_or_create(create)
+
+    # ----- open / create ----------------------------------------------------
+    def _open_or_create(self, create: bool) -> dict:
+        meta_path = self.path / META_FILE
+        if meta_path.exists():
+            return self._read_meta(meta_path)
+        if not create:
+            raise UserError(
+                f"no zoo store at {self.path} (no {META_FILE} there)",
+                "train one with `wsl zoo train SPEC --store DIR`, or point --store / $WSL_STORE at an existing store",
+            )
+        if self.path.exists() and not self.path.is_dir():
+            raise UserError(f"store path {self.path} is a file", "give a directory for the store")
+        if self.path.is_dir() and any(p.name not in (".", "..") for p in self.path.iterdir()):
+            raise UserError(f"{self.path} is a non-empty directory without {META_FILE}, not a zoo store",
+                            "give a new or empty directory, or the path of an existing store")
+        self.path.mkdir(parents=True, exist_ok=True)
+        meta = {"format": FORMAT, "schema_version": SCHEMA_VERSION}
+        tmp = self.path / f".tmp-{META_FILE}-{os.getpid()}"
+        with open(tmp, "w") as fh:
+            json.dump(meta, fh, indent=2)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, meta_path)
+        return meta
+
+    def _read_meta(self, meta_path: Path) -> dict:
+        try:
+            meta = json.loads(meta_path.read_text())
+            version = int(meta["schema_version"])
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise UserError(f"{meta_path} is unreadable ({e})", "restore it: it holds the store's schema version") from None
+        if version > SCHEMA_VERSION:
+            raise UserError(
+                f"store {self.path} has schema version {version}, newer than this wsl understands ({SCHEMA_VERSION})",
+                "upgrade wsl-zoo (pip install -U wsl-zoo) to read it",
+            )
+        return meta
+
+    def __repr__(self) -> str:
+        return f"ZooStore({str(self.path)!r})"
+
+    def __reduce__(self):  # Ray / multiprocessing workers reopen the store by path
+        return (ZooStore, (str(self.path), False))
+
+    def close(self) -> None:
+        with self._lock:
+            for c in (self._ro_con, self._con):
+                if c is not None:
+                    c.close()
+            self._ro_con = self._con = None
+            self._ro_signature = None
+
+    def __enter__(self) -> "ZooStore":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ----- tables and parts ---------------------------------------------------
+    @staticmethod
+    def spec(table: str) -> Table:
+        if table not in TABLES:
+            raise UserError(f"unknown table {table!r}", f"use one of: {', '.join(TABLES)}")
+        return TABLES[table]
+
+    def tables(self) -> list[str]:
+        """Every table of the contract (empty ones included: their views exist with the required columns)."""
+        return list(TABLES)
+
+    def table_dir(self, table: str) -> Path:
+        self.spec(table)
+        return self.path / table
+
+    def part_files(self, table: str) -> list[Path]:
+        """All visible part files of a table, readable or not."""
+        return parts.list_parts(self.table_dir(table))
+
+    def parts(self, table: str) -> list[parts.PartInfo]:
+        """Readable parts of a table (footer OK); unreadable ones are recorded in `skipped_parts` with a warning."""
+        good = []
+        for p in self.part_files(table):
+            info = parts.part_info(p)
+            if info.ok:
+                good.append(info)
+            elif str(p) not in self.skipped_parts:
+                self.skipped_parts[str(p)] = info.error or "unreadable"
+                warnings.warn(f"skipping unreadable part {p} ({info.error}); run `wsl store check`", stacklevel=3)
+        return good
+
+    def count(self, table: str) -> int:
+        """Rows in a table, from the part footers (reads no data)."""
+        return sum(i.num_rows for i in self.parts(table))
+
+    def schema(self, table: str, infos: Sequence[parts.PartInfo] | None = None) -> pa.Schema:
+        """The table's unified schema: required columns first, then extra columns in order of appearance."""
+        spec = self.spec(table)
+        infos = self.parts(table) if infos is None else infos
+        fields = {f.name: f for f in spec.schema}
+        for info in infos:
+            for f in info.schema:
+                if f.name not in fields:
+                    fields[f.name] = f.remove_metadata()
+                elif pa.types.is_null(fields[f.name].type) and not pa.types.is_null(f.type):
+                    fields[f.name] = f.remove_metadata()
+        return pa.schema(list(fields.values()))
+
+    # ----- connections ----------------------------------------------------------
+    def _views(self) -> dict[str, tuple[list[str], pa.Schema]]:
+        out = {}
+        for t in TABLES:
+            infos = self.parts(t)
+            out[t] = ([str(i.path) for i in infos], self.schema(t, infos))
+        return out
+
+    def connection(self) -> duckdb.DuckDBPyConnection:
+        """The read-only DuckDB connection (views over the current parts), rebuilt when parts change."""
+        with self._lock:
+            views = self._views()
+            signature = tuple((t, tuple(p)) for t, (p, _) in views.items())
+            if self._ro_con is None or signature != self._ro_signature:
+                if self._ro_con is not None:
+                    self._ro_con.close()
+                self._ro_con = sql.connect_readonly(views)
+                self._ro_signature = signature
+            return self._ro_con
+
+    def _internal(self) -> duckdb.DuckDBPyConnection:
+        """Our own connection for key checks and weight reads: never given to users."""
+        if self._con is None:
+            self._con = duckdb.connect(":memory:", config={"autoinstall_known_extensions": False,
+                                                           "autoload_known_extensions": False})
+        return self._con
+
+    def _scan(self, table: str, infos: Sequence[parts.PartInfo]) -> str:
+        """SQL table expression reading `infos` natively (union by name); for internal queries only."""
+        files = ", ".join(_sql_str(str(i.path)) for i in infos)
+        return f"read_parquet([{files}], union_by_name=true)"
+
+    # ----- SQL ----------------------------------------------------------------
+    def arrow(self, query: str) -> pa.Table:
+        """Run a read-only SELECT over the store's views; an Arrow table."""
+        with self._lock:
+            return sql.run(self.connection(), query)
+
+    def sql(self, query: str) -> pd.DataFrame:
+        """Run a read-only SELECT over the store's views; a pandas DataFrame."""
+        return self.arrow(query).to_pandas()
+
+    # ----- appends --------------------------------------------------------------
+    def append(self, table: str, rows: Any) -> int:
+        """Append rows (DataFrame, list of dicts, dict of lists or Arrow table); returns how many were new.
+
+        Required columns (store/schema.py) must be present and are cast to
+        their types; extra columns are kept. A row whose key is already stored
+        with the same values is dropped; the same key with different values is
+        a UserError naming the table and key. The new rows land as one new
+        immutable part (several if > 500 MB), atomically.
+        """
+        spec = self.spec(table)
+        t = _to_arrow(rows, table)
+        if t.num_rows == 0:
+            return 0
+        return self._append_arrow(spec, t, sha_trusted=False)
+
+    def _append_arrow(self, spec: Table, t: pa.Table, sha_trusted: bool) -> int:
+        folder = self.table_dir(spec.name)
+        with self._lock, parts.table_lock(folder):
+            infos = self.parts(spec.name)
+            t = self._conform(spec, t, self.schema(spec.name, infos))
+            if spec.has_weights:
+                _check_weight_cells(spec, t, sha_trusted)
+            t = self._drop_existing(spec, t, infos)
+            if t.num_rows == 0:
+                return 0
+            parts.write_parts(folder, t)
+            return t.num_rows
+
+    def _conform(self, spec: Table, t: pa.Table, existing: pa.Schema) -> pa.Table:
+        names = t.column_names
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise UserError(f"{spec.name}: column names repeat: {dupes}", "give each column once")
+        missing = [c for c in spec.column_names if c not in names]
+        if missing:
+            raise UserError(f"{spec.name}: missing required columns {missing}",
+                            "add them (None where a value is unknown); docs/store.md lists every column")
+        cols, fields = [], []
+        for name in spec.column_names + [c for c in names if c not in spec.column_names]:
+            col = t.column(name)
+            if pa.types.is_dictionary(col.type):
+                col = col.cast(col.type.value_type)
+            if name in spec.column_names:
+                target = spec.schema.field(name).type
+            elif name in existing.names and not pa.types.is_null(existing.field(name).type):
+                target = existing.field(name).type
+            elif pa.types.is_large_string(col.type):
+                target = pa.string()
+            else:
+                target = col.type
+            if col.type != target:
+                try:
+                    col = col.cast(target)
+                except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as e:
+                    where = "the contract's type" if name in spec.column_names else "its type in earlier parts"
+                    raise UserError(f"{spec.name}: column {name!r} has type {col.type}, {where} is {target} ({e})",
+                                    f"pass {target} values for {name!r}") from None
+            cols.append(col)
+            fields.append(pa.field(name, target))
+        out = pa.Table.from_arrays(cols, schema=pa.schema(fields))
+        for k in spec.key:
+            if out.column(k).null_count:
+                raise UserError(f"{spec.name}: key column {k!r} has {out.column(k).null_count} empty values",
+                                f"give every row a {k}")
+        return out
+
+    def _drop_existing(self, spec: Table, t: pa.Table, infos: Sequence[parts.PartInfo]) -> pa.Table:
+        """Drop rows already stored (same key, same values); raise on a key stored with other values.
+
+        Compares every column except `weights` (whose sha256 is compared
+        instead), so checking keys never reads the weights column.
+        """
+        meta_cols = [c for c in t.column_names if c != WEIGHTS]
+        keys = list(spec.key)
+        key_sql = ", ".join(_sql_ident(k) for k in keys)
+        con = self._internal()
+        new = t.select(meta_cols).append_column("__row", pa.array(np.arange(t.num_rows, dtype=np.int64)))
+        con.register("__new", new)
+        try:
+            # 1. the same key twice in this batch: identical rows collapse, different ones conflict
+            dist = ", ".join(_sql_ident(c) for c in meta_cols)
+            clash = con.sql(f"SELECT {key_sql} FROM (SELECT DISTINCT {dist} FROM __new) "
+                            f"GROUP BY {key_sql} HAVING count(*) > 1 LIMIT 5").fetchall()
+            if clash:
+                raise UserError(f"conflict in {spec.name}: key {_fmt_key(keys, clash[0])} appears in this append "
+                                f"with different values ({len(clash)} such keys)",
+                                "give each key one value per append")
+            keep = con.sql(f"SELECT min(__row) FROM __new GROUP BY {key_sql}").fetchnumpy()
+            keep_rows = np.sort(next(iter(keep.values())))
+            # 2. keys already stored
+            if infos:
+                existing = set(self.schema(spec.name, infos).names)
+                common = [c for c in meta_cols if c in existing and c not in keys]
+                only_new = [c for c in meta_cols if c not in existing]
+                diffs = [f"(e.{_sql_ident(c)} IS DISTINCT FROM n.{_sql_ident(c)})" for c in common]
+                diffs += [f"(n.{_sql_ident(c)} IS NOT NULL)" for c in only_new]
+                diff_sql = " OR ".join(diffs) if diffs else "false"
+                differing = " || ".join(f"CASE WHEN {d} THEN {_sql_str(c + ' ')} ELSE '' END"
+                                        for d, c in zip(diffs, common + only_new)) or "''"
+                e_cols = ", ".join({_sql_ident(c) for c in keys + common})
+                q = (f"SELECT n.__row, ({diff_sql}) AS differs, {differing} AS cols "
+                     f"FROM (SELECT {e_cols} FROM {self._scan(spec.name, infos)}) e "
+                     f"JOIN __new n USING ({key_sql})")
+                hit = con.sql(q).to_arrow_table()
+                if hit.num_rows:
+                    bad = hit.filter(hit.column("differs"))
+                    if bad.num_rows:
+                        row = int(bad.column("__row")[0].as_py())
+                        key_vals = tuple(t.column(k)[row].as_py() for k in keys)
+                        cols = bad.column("cols")[0].as_py().split()
+                        raise UserError(
+                            f"conflict in {spec.name}: key {_fmt_key(keys, key_vals)} is already stored with "
+                            f"different values (columns {cols}; {bad.num_rows} conflicting rows)",
+                            "keys are deterministic: a changed value needs a new key (e.g. a new seed or recipe), "
+                            "or append the identical row (a no-op)")
+                    stored = np.unique(hit.column("__row").to_numpy())
+                    keep_rows = np.setdiff1d(keep_rows, stored, assume_unique=True)
+        finally:
+            con.unregister("__new")
+        if len(keep_rows) == t.num_rows:
+            return t
+        return t.take(pa.array(keep_rows))
+
+    # ----- layouts ----------------------------------------------------------------
+    def add_layout(self, layout: ParamLayout) -> str:
+        """Register a layout (idempotent); returns its layout_id."""
+        if not isinstance(layout, ParamLayout):
+            raise UserError(f"add_layout takes a ParamLayout, got {type(layout).__name__}", "build one with ParamLayout.from_config")
+        if layout.layout_id not in self._layouts:
+            arch = layout.arch.get("name") if layout.arch else None
+            self.append("layouts", [{"layout_id": layout.layout_id, "architecture": arch,
+                                     "num_params": layout.num_params, "layout_json": layout.to_json()}])
+            self._layouts[layout.layout_id] = layout
+        return layout.layout_id
+
+    def layout(self, layout_id: str) -> ParamLayout:
+        """The ParamLayout stored under `layout_id`."""
+        if layout_id in self._layouts:
+            return self._layouts[layout_id]
+        infos = self.parts("layouts")
+        rows = []
+        if infos:
+            with self._lock:
+                rows = self._internal().sql(
+                    f"SELECT layout_json FROM {self._scan('layouts', infos)} WHERE layout_id = ?",
+                    params=[str(layout_id)]).fetchall()
+        if not rows:
+            raise UserError(f"unknown layout_id {layout_id!r} in store {self.path}",
+                            "list stored layouts with: wsl query \"SELECT layout_id, architecture, num_params FROM layouts\"")
+        layout = ParamLayout.from_json(rows[0][0])
+        self._layouts[layout_id] = layout
+        return layout
+
+    def append_weights(self, table: str, weights: torch.Tensor, rows: Any, layout: ParamLayout | str,
+                       dtype: str = "float32") -> int:
+        """Append N weight vectors ([N, P] tensor) with their N rows of other columns.
+
+        Fills layout_id, dtype, num_params, sha256 and weights (raw
+        little-endian bytes of `dtype`), registers the layout if new, and
+        refuses NaN/inf or a P that does not match the layout.
+        """
+        spec = self.spec(table)
+        if not spec.has_weights:
+            raise UserError(f"table {table!r} holds no weights",
+                            f"use one of: {', '.join(t for t, s in TABLES.items() if s.has_weights)}")
+        codec.check_dtype(dtype)
+        if isinstance(layout, str):
+            layout = self.layout(layout)
+        if not isinstance(layout, ParamLayout):
+            raise UserError(f"layout must be a ParamLayout or a layout_id, got {type(layout).__name__}",
+                            "pass ParamLayout.from_config(arch)")
+        if isinstance(weights, torch.Tensor) and weights.dim() == 1:
+            weights = weights.unsqueeze(0)
+        if isinstance(weights, torch.Tensor) and weights.dim() == 2 and weights.shape[1] != layout.num_params:
+            raise UserError(f"{table}: weights have {weights.shape[1]} values per model but layout "
+                            f"{layout.layout_id} has {layout.num_params} parameters",
+                            "use weights of the same architecture and width as the layout")
+        cells, hashes = codec.encode(weights, dtype)
+        t = _to_arrow(rows, table)
+        if t.num_rows != len(cells):
+            raise UserError(f"{table}: {len(cells)} weight rows but {t.num_rows} metadata rows",
+                            "give one metadata row per weight vector")
+        n = len(cells)
+        filled = {
+            "layout_id": pa.array([layout.layout_id] * n, pa.string()),
+            "dtype": pa.array([dtype] * n, pa.string()),
+            "num_params": pa.array([layout.num_params] * n, pa.int64()),
+            "sha256": pa.array(hashes, pa.string()),
+        }
+        for name, arr in filled.items():
+            if name in t.column_names:
+                given = t.column(name)
+                if given.null_count != len(given) and not given.cast(arr.type).equals(pa.chunked_array([arr])):
+                    raise UserError(f"{table}: rows carry a {name!r} column that disagrees with the weights/layout",
+                                    f"leave {name!r} out: append_weights fills it")
+                t = t.drop_columns([name])
+            t = t.append_column(name, arr)
+        if WEIGHTS in t.column_names:
+            t = t.drop_columns([WEIGHTS])
+        t = t.append_column(WEIGHTS, cells)
+        self.add_layout(layout)
+        return self._append_arrow(spec, t, sha_trusted=True)
+
+    # ----- weights out -------------------------------------------------------------
+    def keys(self, query_or_ids: str | Iterable[str], table: str = "checkpoints") -> list[str]:
+        """The keys a weights() call would read: the query's key column, or the given ids."""
+        spec = self._weight_spec(table)
+        key = spec.key[0]
+        if isinstance(query_or_ids, str):
+            q = query_or_ids.strip().rstrip(";")
+            sql.check_select(q)
+            if sql.duckdb.extract_statements(q)[0].type.name != "SELECT":
+                raise UserError("weights() takes a SELECT query", f"e.g. SELECT {key} FROM {table} WHERE ...")
+            try:
+                res = self.arrow(f"SELECT {_sql_ident(key)} FROM ({q}) AS __q")
+            except UserError as e:
+                if key in str(e) and ("not found" in str(e) or "Referenced column" in str(e)):
+                    raise UserError(f"the weights query must return the {key} column ({e.message})",
+                                    f"select it, e.g. SELECT {key} FROM {table} WHERE ...") from None
+                raise
+            return [str(k) for k in res.column(0).to_pylist()]
+        if isinstance(query_or_ids, (pd.Series, np.ndarray, pa.Array, pa.ChunkedArray)):
+            ids = query_or_ids.tolist() if not isinstance(query_or_ids, (pa.Array, pa.ChunkedArray)) else query_or_ids.to_pylist()
+        else:
+            ids = list(query_or_ids)
+        bad = [i for i in ids if not isinstance(i, str)]
+        if bad:
+            raise UserError(f"{key} values must be strings, got {bad[:3]!r}", f"pass a list of {key} strings or a SELECT query")
+        return ids
+
+    def _weight_spec(self, table: str) -> Table:
+        spec = self.spec(table)
+        if not spec.has_weights:
+            raise UserError(f"table {table!r} holds no weights",
+                            f"use one of: {', '.join(t for t, s in TABLES.items() if s.has_weights)}")
+        return spec
+
+    def weights(self, query_or_ids: str | Iterable[str], table: str = "checkpoints", verify: bool = False,
+                grouped: bool = False, device: str | torch.device | None = None):
+        """Selected weights as one [N, P] tensor plus their metadata (no weights column), in the same row order.
+
+        query_or_ids: a SELECT returning the table's key column (any joins and
+        filters over the views), or a list of keys. Rows of several layouts
+        are an error unless grouped=True, which returns {layout_id: (tensor,
+        meta)}. verify=True recomputes every sha256. The tensor has the stored
+        dtype (float32 if one layout's rows mix dtypes).
+        """
+        spec = self._weight_spec(table)
+        ids = self.keys(query_or_ids, table)
+        return self._fetch(spec, ids, verify=verify, grouped=grouped, device=device)
+
+    def iter_weights(self, query_or_ids: str | Iterable[str], batch_size: int = 4096, table: str = "checkpoints",
+                     verify: bool = False, device: str | torch.device | None = None
+                     ) -> Iterator[tuple[torch.Tensor, pd.DataFrame]]:
+        """Yield (tensor, meta) batches of at most batch_size rows, in the query's order, without holding them all."""
+        if batch_size < 1:
+            raise UserError(f"batch_size must be >= 1, got {batch_size}", "pass a positive batch_size")
+        spec = self._weight_spec(table)
+        ids = self.keys(query_or_ids, table)
+        for start in range(0, len(ids), batch_size):
+            yield self._fetch(spec, ids[start:start + batch_size], verify=verify, grouped=False, device=device)
+
+    def _fetch(self, spec: Table, ids: list[str], verify: bool, grouped: bool, device):
+        key = spec.key[0]
+        infos = self.parts(spec.name)
+        if not ids:
+            empty = self.schema(spec.name, infos).empty_table().drop_columns([WEIGHTS]).to_pandas()
+            if grouped:
+                return {}
+            return torch.empty((0, 0)), empty
+        if not infos:
+            raise UserError(f"table {spec.name} is empty: none of {ids[:3]} found", "append checkpoints first")
+        wanted = pa.table({"k": pa.array(ids, pa.string())})
+        with self._lock:
+            con = self._internal()
+            con.register("__want", wanted)
+            try:
+                res = con.sql(f"SELECT * FROM {self._scan(spec.name, infos)} "
+                              f"WHERE {_sql_ident(key)} IN (SELECT k FROM __want)").to_arrow_table()
+            finally:
+                con.unregister("__want")
+        return _assemble(spec, res, ids, verify=verify, grouped=grouped, device=device)
+
+    # ----- files in and out ----------------------------------------------------------
+    def import_dir(self, folder: str | os.PathLike, arch: Mapping[str, Any] | None = None, zoo: str | None = None,
+                   dtype: str | None = None) -> dict[str, int]:
+        """Import a folder of .safetensors / .pt / .pth state dicts (see store.importer)."""
+        from store.importer import import_dir
+
+        return import_dir(self, folder, arch=arch, zoo=zoo, dtype=dtype)
+
+    def export_safetensors(self, checkpoint_id: str, out: str | os.PathLike, table: str = "checkpoints") -> Path:
+        """Write one stored checkpoint as named tensors in a .safetensors file."""
+        from store.importer import export_safetensors
+
+        return export_safetensors(self, checkpoint_id, out, table=table)
+
+    # ----- maintenance ---------------------------------------------------------------
+    def check(self, verify_weights: bool = True, quarantine: bool = False):
+        """Read every part fully; report unreadable parts, schema problems and sha256 mismatches (see store.check)."""
+        from store.check import check_store
+
+        return check_store(self, verify_weights=verify_weights, quarantine=quarantine)
+
+    def compact(self, table: str | None = None, **kw):
+        """Merge each table's small parts into as few as the size limits allow (see store.check)."""
+        from store.check import compact_store
+
+        return compact_store(self, table, **kw)
+
+
+# ----- helpers ------------------------------------------------------------------------
+def _fmt_key(keys: Sequence[str], values: Sequence[Any]) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in zip(keys, values))
+
+
+def _to_arrow(rows: Any, table: str) -> pa.Table:
+    try:
+        if isinstance(rows, pa.Table):
+            return rows
+        if isinstance(rows, pa.RecordBatch):
+            return pa.Table.from_batches([rows])
+        if isinstance(rows, pd.DataFrame):
+            return pa.Table.from_pandas(rows, preserve_index=False)
+        if isinstance(rows, Mapping):
+            return pa.table(dict(rows))
+        if isinstance(rows, (list, tuple)):
+            if rows and not all(isinstance(r, Mapping) for r in rows):
+                raise UserError(f"{table}: rows must be dicts", "pass a list of dicts, a DataFrame or an Arrow table")
+            return pa.Table.from_pylist(list(rows))
+    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError) as e:
+        if isinstance(e, UserError):
+            raise
+        raise UserError(f"{table}: rows cannot be converted to a table ({e})",
+                        "give each column one type (numbers, strings, or None)") from None
+    raise UserError(f"{table}: cannot append a {type(rows).__name__}",
+                    "pass a pandas DataFrame, a list of dicts or a pyarrow Table")
+
+
+def _check_weight_cells(spec: Table, t: pa.Table, sha_trusted: bool) -> None:
+    """Every weights cell: a known dtype, num_params * itemsize bytes, and (unless trusted) its sha256."""
+    dtypes = t.column("dtype").to_pylist()
+    bad = sorted({d for d in dtypes if d not in codec.STORED_DTYPES}, key=str)
+    if bad:
+        raise UserError(f"{spec.name}: unsupported dtype values {bad}", f"use one of: {', '.join(codec.STORED_DTYPES)}")
+    col = t.column(WEIGHTS).combine_chunks()
+    if col.null_count:
+        raise UserError(f"{spec.name}: {col.null_count} rows have no weights", "give every row its weight bytes")
+    sizes = codec.row_sizes(col)
+    item = np.array([codec.ITEMSIZE[d] for d in dtypes])
+    nparams = t.column("num_params").to_numpy(zero_copy_only=False)
+    wrong = np.nonzero(sizes != nparams * item)[0]
+    if len(wrong):
+        i = int(wrong[0])
+        raise UserError(f"{spec.name}: row {i} has {sizes[i]} weight bytes, but num_params={nparams[i]} of {dtypes[i]} "
+                        f"needs {nparams[i] * item[i]}", "write weights with ZooStore.append_weights")
+    if not sha_trusted:
+        given = t.column("sha256").to_pylist()
+        actual = codec.sha256_cells(col)
+        missing = [i for i, g in enumerate(given) if g is None]
+        if missing:
+            raise UserError(f"{spec.name}: {len(missing)} rows have no sha256", "write weights with ZooStore.append_weights")
+        mismatch = [i for i, (g, a) in enumerate(zip(given, actual)) if g != a]
+        if mismatch:
+            raise UserError(f"{spec.name}: sha256 does not match the weight bytes in rows {mismatch[:10]}",
+                            "write weights with ZooStore.append_weights")
+
+
+def _assemble(spec: Table, res: pa.Table, ids: list[str], verify: bool, grouped: bool, device):
+    """Rows read from the parts (any order, maybe duplicated) -> tensor + meta in the order of `ids`."""
+    key = spec.key[0]
+    res_keys = res.column(key).to_pylist()
+    first: dict[str, int] = {}
+    for i, k in enumerate(res_keys):
+        first.setdefault(k, i)
+    missing = [k for k in ids if k not in first]
+    if missing:
+        raise UserError(f"{len(missing)} {key} values not in {spec.name}: {missing[:5]}",
+                        f"check them with: wsl query \"SELECT {key} FROM {spec.name} LIMIT 10\"")
+    src = np.fromiter((first[k] for k in ids), dtype=np.int64, count=len(ids))
+    layout_col = res.column("layout_id").to_numpy(zero_copy_only=False)[src]
+    layouts = list(dict.fromkeys(layout_col.tolist()))
+    if len(layouts) > 1 and not grouped:
+        raise UserError(f"the selected {spec.name} rows have {len(layouts)} layouts ({', '.join(map(str, layouts[:4]))}): "
+                        "they cannot stack into one [N, P] tensor",
+                        "filter on one layout_id (or architecture/width), or pass grouped=True for {layout_id: (tensor, meta)}")
+    cells = _Cells(res)
+    meta_all = res.drop_columns([WEIGHTS])
+    out = {}
+    for lid in layouts:
+        sel = src if len(layouts) == 1 else src[layout_col == lid]
+        tensor = cells.gather(sel)
+        meta = meta_all.take(pa.array(sel)).to_pandas()
+        if verify:
+            actual = cells.sha256(sel)
+            bad = [k for k, h, a in zip(meta[key], meta["sha256"], actual) if h != a]
+            if bad:
+                raise UserError(f"sha256 mismatch in {spec.name} for {len(bad)} rows: {bad[:5]}",
+                                "the store is damaged: run `wsl store check` and restore those parts")
+        if device is not None:
+            tensor = tensor.to(device)
+        out[lid] = (tensor, meta)
+    return out if grouped else out[layouts[0]]
+
+
+class _Cells:
+    """The weights cells of a result table, addressable by global row without copying."""
+
+    def __init__(self, res: pa.Table):
+        col = res.column(WEIGHTS)
+        self.chunks = [codec.chunk_bytes(ch) for ch in col.chunks]
+        self.raw_chunks = col.chunks
+        self.bounds = np.cumsum([0] + [len(ch) for ch in col.chunks])
+        self.nparams = res.column("num_params").to_numpy(zero_copy_only=False)
+        self.dtypes = res.column("dtype").to_numpy(zero_copy_only=False)
+
+    def _locate(self, sel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        chunk_of = np.searchsorted(self.bounds, sel, side="right") - 1
+        return chunk_of, sel - self.bounds[chunk_of]
+
+    def sha256(self, sel: np.ndarray) -> list[str]:
+        import hashlib
+
+        chunk_of, local = self._locate(sel)
+        out = []
+        for c, i in zip(chunk_of.tolist(), local.tolist()):
+            data, offs = self.chunks[c]
+            out.append(hashlib.sha256(data[offs[i]:offs[i + 1]]).hexdigest())
+        return out
+
+    def gather(self, sel: np.ndarray) -> torch.Tensor:
+        """Rows `sel` as one [n, P] tensor: a zero-copy view of Arrow's buffer when possible, else one copy."""
+        n = len(sel)
+        nparams, dtypes = self.nparams[sel], self.dtypes[sel]
+        p = int(nparams[0]) if n else 0
+        if n and not np.all(nparams == p):
+            raise UserError("rows of one layout_id have different num_params", "the store is damaged: run `wsl store check`")
+        kinds = list(dict.fromkeys(dtypes.tolist()))
+        out_dtype = kinds[0] if len(kinds) == 1 else "float32"
+        if (len(self.chunks) == 1 and len(kinds) == 1 and n == len(self.raw_chunks[0])
+                and np.array_equal(sel, np.arange(n))):
+            view = codec.rows_view(self.raw_chunks[0], out_dtype, p)
+            if view is not None:
+                return codec.numpy_to_torch(view, out_dtype)  # zero-copy
+        out, out_np = codec.torch_empty(n, p, out_dtype)
+        out_bytes = out_np.view(np.uint8).reshape(n, -1) if n else None
+        chunk_of, local = self._locate(sel)
+        for c in np.unique(chunk_of).tolist():
+            pos = np.nonzero(chunk_of == c)[0]
+            loc = local[pos]
+            data, offs = self.chunks[c]
+            same = set(dtypes[pos].tolist()) == {out_dtype}
+            if same:
+                view = codec.rows_view(self.raw_chunks[c], out_dtype, p)
+                if view is not None:  # every row of the chunk has P values: one vectorised gather
+                    out_np[pos] = view[loc]
+                    continue
+                for j, i in zip(pos.tolist(), loc.tolist()):  # rows of other sizes share the chunk
+                    out_bytes[j] = data[offs[i]:offs[i + 1]]
+                continue
+            for j, i in zip(pos.tolist(), loc.tolist()):  # mixed dtypes: upcast row by row
+                row = codec.bytes_to_torch(data[offs[i]:offs[i + 1]], dtypes[j], p)
+                out[j] = row.to(out.dtype)
+        return out
