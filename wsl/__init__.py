@@ -2,6 +2,9 @@
 from store.errors import UserError
 from store.layout import ParamLayout, register_architecture
 from wsl.data import Dataset
+from wsl.functional import population_forward
+from wsl.normalize import Normalizer
 
 __version__ = "0.1.0"
-__all__ = ["UserError", "ParamLayout", "register_architecture", "Dataset", "__version__"]
+__all__ = ["UserError", "ParamLayout", "register_architecture", "Dataset", "__version__",
+           "population_forward", "Normalizer"]
