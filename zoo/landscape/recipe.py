@@ -1,0 +1,130 @@
+"""The recipe a landscape value was measured with, and the data and loss it measures on.
+
+A Hessian trace from 8 probes on 256 test samples and one from 64 probes on
+the whole training set are different numbers; so every value in the
+`landscape` table carries the JSON of its recipe and `recipe_id`, a hash of
+that JSON. Compare values only within one `recipe_id`.
+
+    recipe = Recipe(batches=2, batch_size=512, probes=32)
+    recipe.recipe_id          # '3f0c9a...' (16 hex digits)
+    batches = recipe.eval_batches(dataset)   # [(x, y), ...], the same samples for every model
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Mapping
+
+import torch
+import torch.nn.functional as F
+
+from store.errors import UserError
+from wsl.data import Dataset
+
+# Bump when the math behind a recipe changes, so old values get a different recipe_id.
+RECIPE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything that decides a landscape value besides the weights.
+
+    Data: `batches` x `batch_size` samples of `split`, chosen by a permutation
+    seeded with `data_seed` (the whole split when it is smaller). Every metric
+    (Hessian, train loss and accuracy, the curve's L(t), CKA) is measured on
+    these samples; the curve's control point is trained on the whole `split`.
+    """
+
+    split: str = "train"
+    batches: int = 2
+    batch_size: int = 512
+    data_seed: int = 0
+    # Hessian
+    probes: int = 32  # Hutchinson Rademacher probes (a fixed count, no tolerance)
+    iterations: int = 20  # power iterations for the top eigenvalue
+    hessian_seed: int = 0  # model i's probes come from torch.Generator().manual_seed(hessian_seed + seed_i)
+    # Mode connectivity (quadratic Bezier curve, endpoints fixed)
+    curve_points: int = 9  # evaluated at linspace(0, 1, curve_points), endpoints included
+    curve_epochs: int = 20
+    curve_lr: float = 0.01  # Adam; constant for half the epochs, then linear decay to 1%
+    curve_batch_size: int = 128
+    curve_seed: int = 0
+    max_pairs: int = 0  # seed pairs per configuration; 0 = all pairs
+    version: int = RECIPE_VERSION
+
+    def __post_init__(self):
+        if self.split not in ("train", "test"):
+            raise UserError(f"recipe split {self.split!r}", "use 'train' or 'test'")
+        positive = ("batches", "batch_size", "iterations", "probes", "curve_batch_size")
+        for name in positive:
+            if int(getattr(self, name)) < 1:
+                raise UserError(f"recipe {name}={getattr(self, name)!r}", f"{name} must be a positive integer")
+        if self.curve_points < 5:
+            raise UserError(f"recipe curve_points={self.curve_points}", "evaluate the curve at 5 points or more")
+        if self.curve_epochs < 0 or self.max_pairs < 0:
+            raise UserError("recipe curve_epochs and max_pairs must be >= 0", "give 0 or a positive integer")
+        if not self.curve_lr > 0:
+            raise UserError(f"recipe curve_lr={self.curve_lr!r}", "give a positive learning rate")
+
+    # ----- identity --------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+
+    @property
+    def recipe_id(self) -> str:
+        return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Recipe":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise UserError(f"unknown recipe keys {unknown}", f"allowed keys: {', '.join(sorted(known))}")
+        return cls(**dict(d))
+
+    def replace(self, **changes: Any) -> "Recipe":
+        return Recipe.from_dict({**self.to_dict(), **{k: v for k, v in changes.items() if v is not None}})
+
+    # ----- data ------------------------------------------------------------
+    def eval_batches(self, dataset: Dataset) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The recipe's samples of its split as [(x, y)], the same for every model and metric."""
+        x, y = dataset.split(self.split)
+        g = torch.Generator().manual_seed(int(self.data_seed))
+        idx = torch.randperm(len(x), generator=g)[: self.batches * self.batch_size]
+        return [(x[i], y[i]) for i in idx.split(self.batch_size)]
+
+
+def per_model_loss(out: torch.Tensor, y: torch.Tensor, task: str = "classification") -> torch.Tensor:
+    """Mean loss of each model: out [N, B, C] and shared targets y [B] (or [N, B]) -> [N].
+
+    Cross-entropy for classification, mean squared error for regression: the
+    losses the population trainer minimises.
+    """
+    N, B = out.shape[0], out.shape[1]
+    if task == "classification":
+        yy = y.expand(N, B) if y.dim() == 1 else y
+        return F.cross_entropy(out.transpose(1, 2), yy, reduction="none").mean(1)
+    target = y if y.dim() == out.dim() else y.reshape(1, B, -1)
+    return ((out - target) ** 2).reshape(N, -1).mean(1)
+
+
+def per_model_accuracy(out: torch.Tensor, y: torch.Tensor, task: str = "classification") -> torch.Tensor:
+    """Fraction of correct predictions per model ([N]); NaN for regression."""
+    if task != "classification":
+        return torch.full((out.shape[0],), float("nan"))
+    yy = y.expand(out.shape[0], out.shape[1]) if y.dim() == 1 else y
+    return (out.argmax(-1) == yy).float().mean(1)
+
+
+def param_views(layout, w: torch.Tensor) -> dict[str, torch.Tensor]:
+    """name -> [N, *shape] views of a [N, P] tensor, without layout.unflatten's finiteness check.
+
+    The check reads every value back to Python; inside a differentiated
+    function that is a needless sync (and torch.func transforms refuse it).
+    """
+    n = w.shape[0]
+    return {e.name: w[:, e.offset:e.offset + e.numel].reshape((n,) + e.shape) for e in layout.entries}
