@@ -165,10 +165,22 @@ def _writer_options(schema: pa.Schema) -> dict:
         # weights are noise to a compressor: store them plain so reads are a memcpy
         compression={c: ("none" if c == WEIGHTS else "zstd") for c in names},
         use_dictionary=[c for c in meta_cols if not pa.types.is_binary(schema.field(c).type)],
+        column_encoding={WEIGHTS: "PLAIN"} if WEIGHTS in names else None,
         write_statistics=meta_cols,
         write_page_checksum=True,
         store_schema=True,
     )
+
+
+def _weights_required(table: pa.Table) -> pa.Table:
+    """Mark `weights` REQUIRED (no definition levels), the layout store/fastread.py reads without decoding."""
+    if WEIGHTS not in table.column_names:
+        return table
+    i = table.schema.get_field_index(WEIGHTS)
+    f = table.schema.field(i)
+    if not f.nullable or table.column(i).null_count:
+        return table
+    return table.cast(table.schema.set(i, f.with_nullable(False)))
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -199,6 +211,7 @@ def write_parts(folder: Path, table: pa.Table, row_group_bytes: int = ROW_GROUP_
     re-run of the append fills in the rest: appends are idempotent).
     """
     folder.mkdir(parents=True, exist_ok=True)
+    table = _weights_required(table)
     sizes = row_bytes(table)
     pieces = split_by_bytes(sizes, part_bytes) if table.num_rows else [(0, 0)]
     temps: list[tuple[Path, Path]] = []

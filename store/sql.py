@@ -1,29 +1,30 @@
 """The read-only DuckDB connection users query.
 
-Each table is a DuckDB view over a pyarrow dataset of the table's parts
-(union by name: a column missing from an older part reads as NULL). DuckDB
-never opens a file itself: the views scan Arrow datasets registered from
-Python, and once they exist the connection is locked down with DuckDB's own
-settings:
+Each table is a DuckDB view over the table's current parts
+(`read_parquet([...], union_by_name=true)`: a column missing from an older
+part reads as NULL). Once the views exist, the connection is locked down
+with DuckDB's own settings:
 
-- `enable_external_access = false`: no file can be read or written from SQL
-  (COPY TO, EXPORT DATABASE, ATTACH of a file, read_csv('/etc/passwd'),
-  INSTALL / LOAD of extensions all fail);
-- `lock_configuration = true`: no SET / PRAGMA can turn that back on;
+- `allowed_paths` = exactly the part files the views read, then
+  `enable_external_access = false`: no other file can be read or written
+  from SQL (read_csv('/etc/passwd'), COPY TO, EXPORT DATABASE, ATTACH of a
+  file, INSTALL / LOAD of extensions all fail);
+- `lock_configuration = true`: no SET / PRAGMA can undo that;
 - `autoinstall/autoload_known_extensions = false`;
 - and before DuckDB sees a query, `duckdb.extract_statements` must find
   exactly one SELECT (or EXPLAIN of one): CREATE, INSERT, UPDATE, DELETE,
   DROP, ALTER, ATTACH, DETACH, COPY, EXPORT, SET, PRAGMA, CALL, LOAD,
-  TRANSACTION, PREPARE/EXECUTE, VACUUM are refused with a UserError.
+  TRANSACTION, PREPARE/EXECUTE, VACUUM are refused with a UserError. This
+  layer is what keeps a `COPY ... TO` one of the part files themselves out.
 
-The database is in memory, so even a statement that slipped past both layers
-could only change that throwaway catalog, never the store.
+The database is in memory, so a statement that slipped past these layers
+could only change that throwaway catalog. A new connection is built
+whenever the set of parts changes.
 """
 from __future__ import annotations
 
 import duckdb
 import pyarrow as pa
-import pyarrow.dataset as pads
 
 from store.errors import UserError
 
@@ -81,17 +82,25 @@ def connect_readonly(views: dict[str, tuple[list[str], pa.Schema]]) -> duckdb.Du
         "autoinstall_known_extensions": False,
         "autoload_known_extensions": False,
     })
+    allowed: list[str] = []
     for name, (paths, schema) in views.items():
         if paths:
-            ds = pads.dataset(paths, schema=schema, format="parquet")
-            con.register(f"__parts_{name}", ds)
-            con.execute(f'CREATE VIEW "{name}" AS SELECT * FROM "__parts_{name}"')
+            allowed += paths
+            files = ", ".join(_quote(p) for p in paths)
+            con.execute(f'CREATE VIEW "{name}" AS SELECT * FROM read_parquet([{files}], union_by_name=true)')
         else:
             cols = ", ".join(f'CAST(NULL AS {duck_type(f.type)}) AS "{f.name}"' for f in schema) or "NULL AS dummy"
             con.execute(f'CREATE VIEW "{name}" AS SELECT {cols} WHERE false')
+    con.execute("SET parquet_metadata_cache = true")
+    if allowed:
+        con.execute(f"SET allowed_paths = [{', '.join(_quote(p) for p in allowed)}]")
     con.execute("SET enable_external_access = false")
     con.execute("SET lock_configuration = true")
     return con
+
+
+def _quote(s: str) -> str:
+    return "'" + s.replace("'", "''") + "'"
 
 
 def run(con: duckdb.DuckDBPyConnection, query: str) -> pa.Table:

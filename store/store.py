@@ -35,7 +35,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from store import codec, parts, sql
+from store import codec, fastread, parts, sql
 from store.errors import UserError
 from store.layout import ParamLayout
 from store.schema import SCHEMA_VERSION, TABLES, WEIGHT_COLUMNS, Table
@@ -487,21 +487,67 @@ class ZooStore:
         infos = self.parts(spec.name)
         if not ids:
             empty = self.schema(spec.name, infos).empty_table().drop_columns([WEIGHTS]).to_pandas()
-            if grouped:
-                return {}
-            return torch.empty((0, 0)), empty
+            return {} if grouped else (torch.empty((0, 0)), empty)
         if not infos:
-            raise UserError(f"table {spec.name} is empty: none of {ids[:3]} found", "append checkpoints first")
-        wanted = pa.table({"k": pa.array(ids, pa.string())})
-        with self._lock:
-            con = self._internal()
-            con.register("__want", wanted)
-            try:
-                res = con.sql(f"SELECT * FROM {self._scan(spec.name, infos)} "
-                              f"WHERE {_sql_ident(key)} IN (SELECT k FROM __want)").to_arrow_table()
-            finally:
-                con.unregister("__want")
-        return _assemble(spec, res, ids, verify=verify, grouped=grouped, device=device)
+            raise UserError(f"table {spec.name} is empty: none of {ids[:3]} found", "append rows first")
+        # 1. locate: metadata of the wanted rows plus (file, row number), from each part's metadata columns
+        schema = self.schema(spec.name, infos)
+        meta_schema = pa.schema([f for f in schema if f.name != WEIGHTS])
+        wanted = pa.array(list(dict.fromkeys(ids)), pa.string())
+        found, files, rows = [], [], []
+        for info in infos:
+            part_meta = _part_meta(info, meta_schema)
+            pos = pc.index_in(part_meta.column(key), value_set=wanted)
+            hit = np.nonzero(pos.is_valid().to_numpy(zero_copy_only=False))[0]
+            if len(hit):
+                found.append(part_meta.take(pa.array(hit)))
+                files.append(np.full(len(hit), str(info.path), dtype=object))
+                rows.append(hit.astype(np.int64))
+        res = pa.concat_tables(found) if found else meta_schema.empty_table()
+        file_arr = np.concatenate(files) if files else np.zeros(0, dtype=object)
+        row_arr = np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)
+        # 2. order as asked (a key stored twice, e.g. mid-compaction, is read once)
+        first: dict[str, int] = {}
+        for i, k in enumerate(res.column(key).to_pylist()):
+            first.setdefault(k, i)
+        missing = [k for k in ids if k not in first]
+        if missing:
+            raise UserError(f"{len(missing)} {key} values not in {spec.name}: {missing[:5]}",
+                            f"check them with: wsl query \"SELECT {key} FROM {spec.name} LIMIT 10\"")
+        src = np.fromiter((first[k] for k in ids), dtype=np.int64, count=len(ids))
+        layout_col = res.column("layout_id").to_numpy(zero_copy_only=False)[src]
+        layouts = list(dict.fromkeys(layout_col.tolist()))
+        if len(layouts) > 1 and not grouped:
+            raise UserError(f"the selected {spec.name} rows have {len(layouts)} layouts ({', '.join(map(str, layouts[:4]))}): "
+                            "they cannot stack into one [N, P] tensor",
+                            "filter on one layout_id (or architecture/width), or pass grouped=True for {layout_id: (tensor, meta)}")
+        # 3. read the cells into one tensor per layout
+        file_col, row_col = file_arr, row_arr
+        dtype_col = res.column("dtype").to_numpy(zero_copy_only=False)
+        np_col = res.column("num_params").to_numpy(zero_copy_only=False).astype(np.int64)
+        meta_all = res
+        out = {}
+        for lid in layouts:
+            sel = src if len(layouts) == 1 else src[layout_col == lid]
+            p = int(np_col[sel[0]])
+            if not np.all(np_col[sel] == p):
+                raise UserError(f"rows of layout {lid} have different num_params", "the store is damaged: run `wsl store check`")
+            kinds = list(dict.fromkeys(dtype_col[sel].tolist()))
+            if len(kinds) == 1:
+                tensor = _read_weights(file_col[sel], row_col[sel], kinds[0], p, verify_sha=(
+                    res.column("sha256").to_numpy(zero_copy_only=False)[sel] if verify else None), keys=np.asarray(ids)[sel] if len(layouts) == 1 else None)
+            else:  # one layout stored in several dtypes: upcast to float32
+                tensor = torch.empty((len(sel), p), dtype=torch.float32)
+                for d in kinds:
+                    m = dtype_col[sel] == d
+                    part = _read_weights(file_col[sel][m], row_col[sel][m], d, p, verify_sha=(
+                        res.column("sha256").to_numpy(zero_copy_only=False)[sel][m] if verify else None))
+                    tensor[torch.from_numpy(np.nonzero(m)[0])] = part.float()
+            meta = meta_all.take(pa.array(sel)).to_pandas()
+            if device is not None:
+                tensor = tensor.to(device)
+            out[lid] = (tensor, meta)
+        return out if grouped else out[layouts[0]]
 
     # ----- files in and out ----------------------------------------------------------
     def import_dir(self, folder: str | os.PathLike, arch: Mapping[str, Any] | None = None, zoo: str | None = None,
@@ -588,99 +634,78 @@ def _check_weight_cells(spec: Table, t: pa.Table, sha_trusted: bool) -> None:
                             "write weights with ZooStore.append_weights")
 
 
-def _assemble(spec: Table, res: pa.Table, ids: list[str], verify: bool, grouped: bool, device):
-    """Rows read from the parts (any order, maybe duplicated) -> tensor + meta in the order of `ids`."""
-    key = spec.key[0]
-    res_keys = res.column(key).to_pylist()
-    first: dict[str, int] = {}
-    for i, k in enumerate(res_keys):
-        first.setdefault(k, i)
-    missing = [k for k in ids if k not in first]
-    if missing:
-        raise UserError(f"{len(missing)} {key} values not in {spec.name}: {missing[:5]}",
-                        f"check them with: wsl query \"SELECT {key} FROM {spec.name} LIMIT 10\"")
-    src = np.fromiter((first[k] for k in ids), dtype=np.int64, count=len(ids))
-    layout_col = res.column("layout_id").to_numpy(zero_copy_only=False)[src]
-    layouts = list(dict.fromkeys(layout_col.tolist()))
-    if len(layouts) > 1 and not grouped:
-        raise UserError(f"the selected {spec.name} rows have {len(layouts)} layouts ({', '.join(map(str, layouts[:4]))}): "
-                        "they cannot stack into one [N, P] tensor",
-                        "filter on one layout_id (or architecture/width), or pass grouped=True for {layout_id: (tensor, meta)}")
-    cells = _Cells(res)
-    meta_all = res.drop_columns([WEIGHTS])
-    out = {}
-    for lid in layouts:
-        sel = src if len(layouts) == 1 else src[layout_col == lid]
-        tensor = cells.gather(sel)
-        meta = meta_all.take(pa.array(sel)).to_pandas()
-        if verify:
-            actual = cells.sha256(sel)
-            bad = [k for k, h, a in zip(meta[key], meta["sha256"], actual) if h != a]
-            if bad:
-                raise UserError(f"sha256 mismatch in {spec.name} for {len(bad)} rows: {bad[:5]}",
-                                "the store is damaged: run `wsl store check` and restore those parts")
-        if device is not None:
-            tensor = tensor.to(device)
-        out[lid] = (tensor, meta)
-    return out if grouped else out[layouts[0]]
+_META_CACHE: "dict[tuple, pa.Table]" = {}
+_META_CACHE_BYTES = 512 * 2**20
 
 
-class _Cells:
-    """The weights cells of a result table, addressable by global row without copying."""
+def _part_meta(info: parts.PartInfo, meta_schema: pa.Schema) -> pa.Table:
+    """A part's columns other than `weights`, in the table's unified schema (cached: parts never change)."""
+    import pyarrow.parquet as pq
 
-    def __init__(self, res: pa.Table):
-        col = res.column(WEIGHTS)
-        self.chunks = [codec.chunk_bytes(ch) for ch in col.chunks]
-        self.raw_chunks = col.chunks
-        self.bounds = np.cumsum([0] + [len(ch) for ch in col.chunks])
-        self.nparams = res.column("num_params").to_numpy(zero_copy_only=False)
-        self.dtypes = res.column("dtype").to_numpy(zero_copy_only=False)
+    st = info.path.stat()
+    key = (str(info.path), st.st_size, st.st_mtime_ns, meta_schema)
+    hit = _META_CACHE.get(key)
+    if hit is None:
+        names = [f.name for f in meta_schema if f.name in info.schema.names]
+        t = pq.read_table(info.path, columns=names)
+        cols = [t.column(f.name).cast(f.type) if f.name in names and t.column(f.name).type != f.type
+                else (t.column(f.name) if f.name in names else pa.nulls(t.num_rows, f.type)) for f in meta_schema]
+        hit = pa.Table.from_arrays(cols, schema=meta_schema)
+        while _META_CACHE and sum(v.nbytes for v in _META_CACHE.values()) + hit.nbytes > _META_CACHE_BYTES:
+            _META_CACHE.pop(next(iter(_META_CACHE)))
+        _META_CACHE[key] = hit
+    return hit
 
-    def _locate(self, sel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        chunk_of = np.searchsorted(self.bounds, sel, side="right") - 1
-        return chunk_of, sel - self.bounds[chunk_of]
 
-    def sha256(self, sel: np.ndarray) -> list[str]:
+def _read_weights(files: np.ndarray, rows: np.ndarray, dtype: str, p: int, verify_sha: np.ndarray | None = None,
+                  keys: np.ndarray | None = None) -> torch.Tensor:
+    """Cells (file, row number) -> one [n, P] tensor of `dtype`, output row i = cell i.
+
+    Fast path: `os.preadv` from the part straight into the output (store/fastread.py);
+    parts it cannot read that way go through pyarrow.
+    """
+    n = len(rows)
+    row_bytes = p * codec.ITEMSIZE[dtype]
+    # numpy allocates large arrays with transparent huge pages, which makes first touch much cheaper than torch.empty
+    out_np = np.empty((n, row_bytes), dtype=np.uint8)
+    flat = memoryview(out_np.reshape(-1)) if n and row_bytes else memoryview(bytearray(0))
+    order = np.argsort(files, kind="stable")
+    sorted_files = files[order]
+    bounds = np.nonzero(np.r_[True, sorted_files[1:] != sorted_files[:-1]])[0].tolist() + [n]
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        path = str(sorted_files[a])
+        out_rows, file_rows = order[a:b], rows[order[a:b]]
+        index = fastread.cell_index(path)
+        if index is None or not fastread.read_cells(path, index, file_rows, out_rows, flat, row_bytes):
+            _read_with_arrow(path, file_rows, out_rows, out_np, row_bytes)
+    if verify_sha is not None:
         import hashlib
 
-        chunk_of, local = self._locate(sel)
-        out = []
-        for c, i in zip(chunk_of.tolist(), local.tolist()):
-            data, offs = self.chunks[c]
-            out.append(hashlib.sha256(data[offs[i]:offs[i + 1]]).hexdigest())
-        return out
+        bad = [i for i in range(n) if hashlib.sha256(out_np[i]).hexdigest() != verify_sha[i]]
+        if bad:
+            which = [str(keys[i]) for i in bad[:5]] if keys is not None else bad[:5]
+            raise UserError(f"sha256 mismatch for {len(bad)} rows: {which}",
+                            "the store is damaged: run `wsl store check` and restore those parts")
+    view = out_np.view({"float32": np.float32, "float16": np.float16, "bfloat16": np.int16}[dtype])
+    t = torch.from_numpy(view)
+    return t.view(torch.bfloat16) if dtype == "bfloat16" else t
 
-    def gather(self, sel: np.ndarray) -> torch.Tensor:
-        """Rows `sel` as one [n, P] tensor: a zero-copy view of Arrow's buffer when possible, else one copy."""
-        n = len(sel)
-        nparams, dtypes = self.nparams[sel], self.dtypes[sel]
-        p = int(nparams[0]) if n else 0
-        if n and not np.all(nparams == p):
-            raise UserError("rows of one layout_id have different num_params", "the store is damaged: run `wsl store check`")
-        kinds = list(dict.fromkeys(dtypes.tolist()))
-        out_dtype = kinds[0] if len(kinds) == 1 else "float32"
-        if (len(self.chunks) == 1 and len(kinds) == 1 and n == len(self.raw_chunks[0])
-                and np.array_equal(sel, np.arange(n))):
-            view = codec.rows_view(self.raw_chunks[0], out_dtype, p)
-            if view is not None:
-                return codec.numpy_to_torch(view, out_dtype)  # zero-copy
-        out, out_np = codec.torch_empty(n, p, out_dtype)
-        out_bytes = out_np.view(np.uint8).reshape(n, -1) if n else None
-        chunk_of, local = self._locate(sel)
-        for c in np.unique(chunk_of).tolist():
-            pos = np.nonzero(chunk_of == c)[0]
-            loc = local[pos]
-            data, offs = self.chunks[c]
-            same = set(dtypes[pos].tolist()) == {out_dtype}
-            if same:
-                view = codec.rows_view(self.raw_chunks[c], out_dtype, p)
-                if view is not None:  # every row of the chunk has P values: one vectorised gather
-                    out_np[pos] = view[loc]
-                    continue
-                for j, i in zip(pos.tolist(), loc.tolist()):  # rows of other sizes share the chunk
-                    out_bytes[j] = data[offs[i]:offs[i + 1]]
-                continue
-            for j, i in zip(pos.tolist(), loc.tolist()):  # mixed dtypes: upcast row by row
-                row = codec.bytes_to_torch(data[offs[i]:offs[i + 1]], dtypes[j], p)
-                out[j] = row.to(out.dtype)
-        return out
+
+def _read_with_arrow(path: str, file_rows: np.ndarray, out_rows: np.ndarray, out_np: np.ndarray, row_bytes: int) -> None:
+    """Slow path for parts not in the fast layout: decode the row groups that hold the rows."""
+    import pyarrow.parquet as pq
+
+    pf = pq.ParquetFile(path)
+    rg_rows = [pf.metadata.row_group(i).num_rows for i in range(pf.metadata.num_row_groups)]
+    bounds = np.cumsum([0] + rg_rows)
+    rg_of = np.searchsorted(bounds, file_rows, side="right") - 1
+    for rg in np.unique(rg_of).tolist():
+        m = rg_of == rg
+        col = pf.read_row_group(rg, columns=[WEIGHTS]).column(0).combine_chunks()
+        data, offs = codec.chunk_bytes(col)
+        for r, o in zip((file_rows[m] - bounds[rg]).tolist(), out_rows[m].tolist()):
+            cell = data[offs[r]:offs[r + 1]]
+            if len(cell) != row_bytes:
+                raise UserError(f"{path} row {r}: weights have {len(cell)} bytes, expected {row_bytes}",
+                                "the store is damaged: run `wsl store check`")
+            out_np[o] = cell
