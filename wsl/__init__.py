@@ -4,7 +4,9 @@ from store.layout import ParamLayout, register_architecture
 from wsl.data import Dataset
 from wsl.functional import population_forward
 from wsl.normalize import Normalizer
+from wsl.evaluate import EvalResult, evaluate  # `wsl.evaluate(...)` is the function; the module is wsl.evaluate in sys.modules
+from wsl.loader import WeightLoader
 
 __version__ = "0.1.0"
 __all__ = ["UserError", "ParamLayout", "register_architecture", "Dataset", "__version__",
-           "population_forward", "Normalizer"]
+           "population_forward", "Normalizer", "evaluate", "EvalResult", "WeightLoader"]
