@@ -151,8 +151,12 @@ def check_store(store: "ZooStore", verify_weights: bool = True, quarantine: bool
 
 
 def _check_duplicates(store: "ZooStore", report: CheckReport) -> None:
+    import warnings
+
     for table in TABLES:
-        infos = [i for i in store.parts(table) if str(i.path) not in set(report.corrupt_parts)]
+        with warnings.catch_warnings():  # unreadable parts are already in the report
+            warnings.simplefilter("ignore", UserWarning)
+            infos = [i for i in store.parts(table) if str(i.path) not in set(report.corrupt_parts)]
         if len(infos) < 1:
             continue
         dup, conflicts = _duplicates(store, table, infos)
@@ -182,7 +186,7 @@ def _duplicates(store: "ZooStore", table: str, infos) -> tuple[list[tuple[str, i
             rows = con.sql(f"SELECT filename, file_row_number, {sel} FROM "
                            f"read_parquet([{', '.join(repr(str(i.path)) for i in infos)}], union_by_name=true, "
                            f"filename=true, file_row_number=true) SEMI JOIN __dupkeys USING ({key_sql}) "
-                           f"ORDER BY filename, file_row_number").to_pandas()
+                           f"ORDER BY filename, file_row_number").to_arrow_table().to_pandas()
         finally:
             con.unregister("__dupkeys")
     drop, conflicts = [], []

@@ -70,11 +70,23 @@ def _unwrap(obj: Any):
     return None
 
 
+def _natural(name: str) -> tuple:
+    """Sort key giving module order for usual names: layers by number, weight before bias."""
+    parts = name.split(".")
+    key = [(0, int(p), "") if p.isdigit() else (1, 0, p) for p in parts[:-1]]
+    last = {"weight": (0, 0, ""), "bias": (0, 1, "")}.get(parts[-1], (1, 0, parts[-1]))
+    return (*key, last)
+
+
 def infer_layout(sd: Mapping[str, torch.Tensor], arch: Mapping[str, Any] | None = None) -> ParamLayout:
-    """Layout of a state dict: its floating-point tensors in file order; with `arch`, the architecture's layout."""
+    """Layout of a state dict: its floating-point tensors in natural name order; with `arch`, the architecture's.
+
+    A canonical order (not the file's) makes the same model saved as .pt and
+    as .safetensors (which sorts names) land under one layout_id.
+    """
     if arch is not None:
         return ParamLayout.from_config(arch)
-    floats = [(k, tuple(v.shape)) for k, v in sd.items() if v.is_floating_point()]
+    floats = sorted(((k, tuple(v.shape)) for k, v in sd.items() if v.is_floating_point()), key=lambda kv: _natural(kv[0]))
     dtypes = {v.dtype for v in sd.values() if v.is_floating_point()}
     dtype = {torch.float16: "float16", torch.bfloat16: "bfloat16"}.get(dtypes.pop(), "float32") if len(dtypes) == 1 else "float32"
     return ParamLayout(floats, dtype=dtype, arch=None)

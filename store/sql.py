@@ -53,15 +53,16 @@ def check_select(query: str) -> str:
         raise UserError("empty SQL query", 'pass a SELECT, e.g. "SELECT * FROM models LIMIT 5"')
     try:
         statements = duckdb.extract_statements(query)
+        kinds = [s.type.name for s in statements]
     except duckdb.Error as e:
         raise UserError(f"SQL error: {_first_line(e)}", "fix the query (tables: see `wsl store tables`)") from None
     except ValueError:
-        # this DuckDB build knows a statement type the Python enum does not (e.g. UPDATE EXTENSIONS)
+        # a statement type the Python enum does not know (e.g. UPDATE EXTENSIONS): not a SELECT
         raise UserError("the store's query connection is read-only: statement refused",
                         "use SELECT (or EXPLAIN) queries only") from None
     if len(statements) != 1:
         raise UserError(f"expected one SQL statement, got {len(statements)}", "run one SELECT at a time")
-    kind = statements[0].type.name
+    kind = kinds[0]
     if kind not in ALLOWED_STATEMENTS:
         raise UserError(f"the store's query connection is read-only: {kind} statements are refused",
                         "use SELECT (or EXPLAIN) queries; the store is written through ZooStore.append")

@@ -61,6 +61,9 @@ class ZooStore:
     so a typo in --store is an error, not a fresh empty store).
     """
 
+    row_group_bytes = parts.ROW_GROUP_BYTES  # <= 64 MB: the Hub's viewer refuses bigger row groups
+    part_bytes = parts.PART_BYTES  # <= 500 MB per part file
+
     def __init__(self, path: str | os.PathLike, create: bool = True):
         self.path = Path(path).expanduser()
         self._lock = threading.RLock()
@@ -213,7 +216,14 @@ class ZooStore:
     def arrow(self, query: str) -> pa.Table:
         """Run a read-only SELECT over the store's views; an Arrow table."""
         with self._lock:
-            return sql.run(self.connection(), query)
+            try:
+                return sql.run(self.connection(), query)
+            except UserError as e:
+                if not _vanished(e):
+                    raise
+                # a part was compacted away between listing and reading: list again, once
+                self._ro_signature = None
+                return sql.run(self.connection(), query)
 
     def sql(self, query: str) -> pd.DataFrame:
         """Run a read-only SELECT over the store's views; a pandas DataFrame."""
@@ -245,7 +255,7 @@ class ZooStore:
             t = self._drop_existing(spec, t, infos)
             if t.num_rows == 0:
                 return 0
-            parts.write_parts(folder, t)
+            parts.write_parts(folder, t, row_group_bytes=self.row_group_bytes, part_bytes=self.part_bytes)
             return t.num_rows
 
     def _conform(self, spec: Table, t: pa.Table, existing: pa.Schema) -> pa.Table:
@@ -289,56 +299,51 @@ class ZooStore:
     def _drop_existing(self, spec: Table, t: pa.Table, infos: Sequence[parts.PartInfo]) -> pa.Table:
         """Drop rows already stored (same key, same values); raise on a key stored with other values.
 
-        Compares every column except `weights` (whose sha256 is compared
-        instead), so checking keys never reads the weights column.
+        Compares every column the new rows carry except `weights` (whose
+        sha256 is compared instead), so checking keys never reads the weights
+        column. Each part's key column is read once and cached (parts never
+        change); only parts that hold one of the keys have their other
+        metadata columns read.
         """
-        meta_cols = [c for c in t.column_names if c != WEIGHTS]
         keys = list(spec.key)
-        key_sql = ", ".join(_sql_ident(k) for k in keys)
-        con = self._internal()
-        new = t.select(meta_cols).append_column("__row", pa.array(np.arange(t.num_rows, dtype=np.int64)))
-        con.register("__new", new)
-        try:
-            # 1. the same key twice in this batch: identical rows collapse, different ones conflict
-            dist = ", ".join(_sql_ident(c) for c in meta_cols)
-            clash = con.sql(f"SELECT {key_sql} FROM (SELECT DISTINCT {dist} FROM __new) "
-                            f"GROUP BY {key_sql} HAVING count(*) > 1 LIMIT 5").fetchall()
-            if clash:
-                raise UserError(f"conflict in {spec.name}: key {_fmt_key(keys, clash[0])} appears in this append "
-                                f"with different values ({len(clash)} such keys)",
-                                "give each key one value per append")
-            keep = con.sql(f"SELECT min(__row) FROM __new GROUP BY {key_sql}").fetchnumpy()
-            keep_rows = np.sort(next(iter(keep.values())))
-            # 2. keys already stored
-            if infos:
-                existing = set(self.schema(spec.name, infos).names)
-                common = [c for c in meta_cols if c in existing and c not in keys]
-                only_new = [c for c in meta_cols if c not in existing]
-                diffs = [f"(e.{_sql_ident(c)} IS DISTINCT FROM n.{_sql_ident(c)})" for c in common]
-                diffs += [f"(n.{_sql_ident(c)} IS NOT NULL)" for c in only_new]
-                diff_sql = " OR ".join(diffs) if diffs else "false"
-                differing = " || ".join(f"CASE WHEN {d} THEN {_sql_str(c + ' ')} ELSE '' END"
-                                        for d, c in zip(diffs, common + only_new)) or "''"
-                e_cols = ", ".join({_sql_ident(c) for c in keys + common})
-                q = (f"SELECT n.__row, ({diff_sql}) AS differs, {differing} AS cols "
-                     f"FROM (SELECT {e_cols} FROM {self._scan(spec.name, infos)}) e "
-                     f"JOIN __new n USING ({key_sql})")
-                hit = con.sql(q).to_arrow_table()
-                if hit.num_rows:
-                    bad = hit.filter(hit.column("differs"))
-                    if bad.num_rows:
-                        row = int(bad.column("__row")[0].as_py())
-                        key_vals = tuple(t.column(k)[row].as_py() for k in keys)
-                        cols = bad.column("cols")[0].as_py().split()
-                        raise UserError(
-                            f"conflict in {spec.name}: key {_fmt_key(keys, key_vals)} is already stored with "
-                            f"different values (columns {cols}; {bad.num_rows} conflicting rows)",
-                            "keys are deterministic: a changed value needs a new key (e.g. a new seed or recipe), "
-                            "or append the identical row (a no-op)")
-                    stored = np.unique(hit.column("__row").to_numpy())
-                    keep_rows = np.setdiff1d(keep_rows, stored, assume_unique=True)
-        finally:
-            con.unregister("__new")
+        meta_cols = [c for c in t.column_names if c != WEIGHTS]
+        new_keys = _key_array(t, keys)
+        # 1. the same key twice in this batch: identical rows collapse, different ones conflict
+        keep_rows = np.arange(t.num_rows)
+        if pc.count_distinct(new_keys).as_py() != t.num_rows:
+            first: dict[Any, int] = {}
+            keep = []
+            key_list = new_keys.to_pylist()
+            for i, k in enumerate(key_list):
+                if k not in first:
+                    first[k] = i
+                    keep.append(i)
+                elif not _rows_equal(t, meta_cols, first[k], t, i):
+                    raise UserError(f"conflict in {spec.name}: key {_fmt_key(keys, _key_values(t, keys, i))} appears in "
+                                    "this append with different values", "give each key one value per append")
+            keep_rows = np.array(keep, dtype=np.int64)
+        # 2. keys already stored
+        stored = np.zeros(t.num_rows, dtype=bool)
+        schema = self.schema(spec.name, infos) if infos else None
+        for info in infos:
+            part_keys = _part_keys(info, keys)
+            pos = pc.index_in(new_keys, value_set=part_keys)
+            hit = np.nonzero(pos.is_valid().to_numpy(zero_copy_only=False))[0]
+            if not len(hit):
+                continue
+            part_rows = pos.to_numpy(zero_copy_only=False)[hit].astype(np.int64)
+            old = _part_meta(info, pa.schema([f for f in schema if f.name != WEIGHTS])).take(pa.array(part_rows))
+            new = t.take(pa.array(hit))
+            diff = _differing_columns(new, old, [c for c in meta_cols if c not in keys])
+            if diff:
+                row, cols = diff
+                raise UserError(
+                    f"conflict in {spec.name}: key {_fmt_key(keys, _key_values(new, keys, row))} is already stored with "
+                    f"different values (columns {cols})",
+                    "keys are deterministic: a changed value needs a new key (e.g. a new seed or recipe), "
+                    "or append the identical row (a no-op)")
+            stored[hit] = True
+        keep_rows = keep_rows[~stored[keep_rows]]
         if len(keep_rows) == t.num_rows:
             return t
         return t.take(pa.array(keep_rows))
@@ -469,7 +474,10 @@ class ZooStore:
         """
         spec = self._weight_spec(table)
         ids = self.keys(query_or_ids, table)
-        return self._fetch(spec, ids, verify=verify, grouped=grouped, device=device)
+        try:
+            return self._fetch(spec, ids, verify=verify, grouped=grouped, device=device)
+        except FileNotFoundError:  # compacted away between listing and reading: list again, once
+            return self._fetch(spec, ids, verify=verify, grouped=grouped, device=device)
 
     def iter_weights(self, query_or_ids: str | Iterable[str], batch_size: int = 4096, table: str = "checkpoints",
                      verify: bool = False, device: str | torch.device | None = None
@@ -574,10 +582,17 @@ class ZooStore:
         """Merge each table's small parts into as few as the size limits allow (see store.check)."""
         from store.check import compact_store
 
+        kw.setdefault("row_group_bytes", self.row_group_bytes)
+        kw.setdefault("part_bytes", self.part_bytes)
         return compact_store(self, table, **kw)
 
 
 # ----- helpers ------------------------------------------------------------------------
+def _vanished(e: Exception) -> bool:
+    msg = str(e)
+    return any(s in msg for s in ("No such file", "No files found", "Cannot open file"))
+
+
 def _fmt_key(keys: Sequence[str], values: Sequence[Any]) -> str:
     return ", ".join(f"{k}={v!r}" for k, v in zip(keys, values))
 
@@ -632,6 +647,77 @@ def _check_weight_cells(spec: Table, t: pa.Table, sha_trusted: bool) -> None:
         if mismatch:
             raise UserError(f"{spec.name}: sha256 does not match the weight bytes in rows {mismatch[:10]}",
                             "write weights with ZooStore.append_weights")
+
+
+def _key_array(t: pa.Table, keys: Sequence[str]) -> pa.Array:
+    """One string per row identifying its key (several key columns joined with a unit separator)."""
+    cols = [t.column(k).combine_chunks() for k in keys]
+    cols = [c if pa.types.is_string(c.type) else pc.cast(c, pa.string()) for c in cols]
+    if len(cols) == 1:
+        return cols[0]
+    return pc.binary_join_element_wise(*cols, "\x1f")
+
+
+def _key_values(t: pa.Table, keys: Sequence[str], row: int) -> tuple:
+    return tuple(t.column(k)[row].as_py() for k in keys)
+
+
+_KEY_CACHE: "dict[tuple, pa.Array]" = {}
+
+
+def _part_keys(info: parts.PartInfo, keys: Sequence[str]) -> pa.Array:
+    """A part's key column(s) as one string array (cached: parts never change)."""
+    import pyarrow.parquet as pq
+
+    st = info.path.stat()
+    ck = (str(info.path), st.st_size, st.st_mtime_ns, tuple(keys))
+    hit = _KEY_CACHE.get(ck)
+    if hit is None:
+        if len(_KEY_CACHE) > 20_000:
+            _KEY_CACHE.clear()
+        hit = _key_array(pq.read_table(info.path, columns=list(keys)), keys)
+        _KEY_CACHE[ck] = hit
+    return hit
+
+
+def _same(a: pa.Array, b: pa.Array) -> np.ndarray:
+    """Element-wise equality where null == null and NaN == NaN."""
+    if a.type != b.type:
+        try:
+            b = b.cast(a.type)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+            return np.zeros(len(a), dtype=bool)
+    try:
+        eq = pc.fill_null(pc.equal(a, b), False)
+        same = pc.or_(eq, pc.and_(pc.is_null(a), pc.is_null(b)))
+        if pa.types.is_floating(a.type):
+            same = pc.or_(same, pc.fill_null(pc.and_(pc.is_nan(a), pc.is_nan(b)), False))
+        return same.to_numpy(zero_copy_only=False)
+    except (pa.ArrowNotImplementedError, pa.ArrowInvalid):  # nested types: compare as Python values
+        return np.array([x == y for x, y in zip(a.to_pylist(), b.to_pylist())], dtype=bool)
+
+
+def _differing_columns(new: pa.Table, old: pa.Table, cols: Sequence[str]) -> tuple[int, list[str]] | None:
+    """(first row that differs, the columns where it differs) between aligned new and stored rows; None if equal."""
+    bad_rows = np.zeros(new.num_rows, dtype=bool)
+    per_col = {}
+    for c in cols:
+        a = new.column(c).combine_chunks()
+        if c in old.column_names:
+            diff = ~_same(a, old.column(c).combine_chunks())
+        else:  # a column the stored rows never had: new information under an old key
+            diff = a.is_valid().to_numpy(zero_copy_only=False)
+        if diff.any():
+            per_col[c] = diff
+            bad_rows |= diff
+    if not bad_rows.any():
+        return None
+    row = int(np.nonzero(bad_rows)[0][0])
+    return row, [c for c, d in per_col.items() if d[row]]
+
+
+def _rows_equal(a: pa.Table, cols: Sequence[str], i: int, b: pa.Table, j: int) -> bool:
+    return _differing_columns(a.select(cols).slice(i, 1), b.select(cols).slice(j, 1), cols) is None
 
 
 _META_CACHE: "dict[tuple, pa.Table]" = {}
