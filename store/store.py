@@ -758,12 +758,27 @@ def _read_weights(files: np.ndarray, rows: np.ndarray, dtype: str, p: int, verif
     order = np.argsort(files, kind="stable")
     sorted_files = files[order]
     bounds = np.nonzero(np.r_[True, sorted_files[1:] != sorted_files[:-1]])[0].tolist() + [n]
+    jobs = []
     for a, b in zip(bounds[:-1], bounds[1:]):
         path = str(sorted_files[a])
         out_rows, file_rows = order[a:b], rows[order[a:b]]
-        index = fastread.cell_index(path)
-        if index is None or not fastread.read_cells(path, index, file_rows, out_rows, flat, row_bytes):
-            _read_with_arrow(path, file_rows, out_rows, out_np, row_bytes)
+        jobs.append((path, file_rows, out_rows))
+    threads = min(_READ_THREADS, os.cpu_count() or 1)
+    if threads > 1 and n * row_bytes >= _PARALLEL_BYTES:
+        # preadv releases the GIL: split the cells so each thread copies (and first-touches) half the output
+        split = []
+        for path, file_rows, out_rows in jobs:
+            step = max(1, -(-len(file_rows) // threads))
+            split += [(path, file_rows[i:i + step], out_rows[i:i + step]) for i in range(0, len(file_rows), step)]
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(threads) as pool:
+            done = list(pool.map(lambda j: _read_fast(*j, flat, row_bytes), split))
+        jobs = [j for j, ok in zip(split, done) if not ok]
+    else:
+        jobs = [j for j in jobs if not _read_fast(*j, flat, row_bytes)]
+    for path, file_rows, out_rows in jobs:  # parts the fast path cannot read
+        _read_with_arrow(path, file_rows, out_rows, out_np, row_bytes)
     if verify_sha is not None:
         import hashlib
 
@@ -775,6 +790,15 @@ def _read_weights(files: np.ndarray, rows: np.ndarray, dtype: str, p: int, verif
     view = out_np.view({"float32": np.float32, "float16": np.float16, "bfloat16": np.int16}[dtype])
     t = torch.from_numpy(view)
     return t.view(torch.bfloat16) if dtype == "bfloat16" else t
+
+
+_READ_THREADS = 2
+_PARALLEL_BYTES = 16 * 2**20
+
+
+def _read_fast(path: str, file_rows: np.ndarray, out_rows: np.ndarray, flat: memoryview, row_bytes: int) -> bool:
+    index = fastread.cell_index(path)
+    return index is not None and fastread.read_cells(path, index, file_rows, out_rows, flat, row_bytes)
 
 
 def _read_with_arrow(path: str, file_rows: np.ndarray, out_rows: np.ndarray, out_np: np.ndarray, row_bytes: int) -> None:
