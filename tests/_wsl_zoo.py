@@ -24,10 +24,11 @@ def digits():
 
 
 @functools.lru_cache(maxsize=None)
-def mlp_zoo(n: int = 48, width: int = 16, depth: int = 1, epochs: int = 6, seed: int = 0, batch: int = 128):
+def mlp_zoo(n: int = 48, width: int = 16, depth: int = 1, epochs: int = 6, seed: int = 0, batch: int = 128,
+            log10_lr: tuple[float, float] = (-2.5, -0.5), momentum: float = 0.9):
     """Returns dict(layout, weights [epochs+1, n, P], lr [n], stop [n], seeds [n], arch).
 
-    Model i trains `stop[i]` epochs (1..epochs) with plain SGD at lr[i], then stays put;
+    Model i trains `stop[i]` epochs (1..epochs) with SGD (momentum 0.9) at lr[i] (log-uniform), then stays put;
     weights[e] is every model after epoch e (weights[0] = init).
     """
     ds = digits()
@@ -39,9 +40,11 @@ def mlp_zoo(n: int = 48, width: int = 16, depth: int = 1, epochs: int = 6, seed:
         mods.append(layout.build_module())
     flat = layout.flatten(mods)
     g = torch.Generator().manual_seed(seed)
-    lr = 10 ** (torch.rand(n, generator=g) * 2.5 - 2)  # 0.01 .. 3
+    lo, hi = log10_lr
+    lr = 10 ** (lo + torch.rand(n, generator=g) * (hi - lo))  # log-uniform, 0.003 .. 0.3 by default
     stop = torch.randint(1, epochs + 1, (n,), generator=g)
     params = {k: v.clone().requires_grad_(True) for k, v in layout.unflatten(flat).items()}
+    velocity = {k: torch.zeros_like(v) for k, v in params.items()}
     history = [flat.clone()]
     x, y = ds.x_train, ds.y_train
     for epoch in range(epochs):
@@ -51,9 +54,10 @@ def mlp_zoo(n: int = 48, width: int = 16, depth: int = 1, epochs: int = 6, seed:
             loss = F.cross_entropy(out.reshape(-1, 10), y[idx].repeat(n), reduction="none").view(n, -1).mean(1).sum()
             grads = torch.autograd.grad(loss, list(params.values()))
             with torch.no_grad():
-                for p, gr in zip(params.values(), grads):
+                for (k, p), gr in zip(params.items(), grads):
                     step = (lr * active).view(-1, *[1] * (p.dim() - 1))
-                    p.sub_(step * gr.clamp(-10, 10))
+                    v = velocity[k].mul_(momentum).add_(gr.clamp(-10, 10))
+                    p.sub_(step * v)
         history.append(torch.cat([params[e.name].detach().reshape(n, -1) for e in layout.entries], 1))
     return {"layout": layout, "weights": torch.stack(history), "lr": lr, "stop": stop, "arch": arch,
             "seeds": torch.tensor([seed * 1000 + i for i in range(n)])}
