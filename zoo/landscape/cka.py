@@ -24,6 +24,9 @@ from __future__ import annotations
 
 import torch
 
+# below this fraction of the Gram entries' size, a self-HSIC is rounding noise (a constant representation)
+RELATIVE_EPS = 1e-10
+
 
 def gram_linear(x: torch.Tensor) -> torch.Tensor:
     """[..., n, d] -> [..., n, n] linear kernel (features flattened after the sample axis)."""
@@ -63,6 +66,7 @@ class MinibatchCKA:
     def __init__(self, n_models: int):
         self.n = int(n_models)
         self.hsic = torch.zeros(self.n, self.n, dtype=torch.float64)
+        self.scale = torch.zeros(self.n, dtype=torch.float64)  # sum_b ||K~_b||_F^2 / (n(n-3)): rounding scale
         self.batches = 0
         self.samples = 0
 
@@ -76,12 +80,27 @@ class MinibatchCKA:
         if grams.shape[0] != self.n:
             raise ValueError(f"Grams of {grams.shape[0]} models, expected {self.n}")
         self.hsic += hsic1_matrix(grams)
+        n = grams.shape[-1]
+        kt = grams.double().clone()
+        kt.diagonal(dim1=-2, dim2=-1).zero_()
+        self.scale += kt.pow(2).sum((-2, -1)) / (n * (n - 3))
         self.batches += 1
         self.samples += grams.shape[1]
 
     def matrix(self) -> torch.Tensor:
-        d = self.hsic.diagonal().clamp_min(1e-30).sqrt()
-        return self.hsic / torch.outer(d, d)
+        """[N, N] CKA; NaN for a model whose representation does not vary over the inputs.
+
+        A constant representation (dead ReLUs, constant logits) has HSIC(K, K) = 0
+        and CKA is undefined; its estimate is then rounding noise, recognised by
+        being tiny next to the size of the Gram entries.
+        """
+        d = self.hsic.diagonal()
+        degenerate = d <= RELATIVE_EPS * self.scale
+        root = d.clamp_min(0).sqrt()
+        out = self.hsic / torch.outer(root, root)
+        out[degenerate, :] = float("nan")
+        out[:, degenerate] = float("nan")
+        return out
 
 
 def cka(xs, ys) -> float:

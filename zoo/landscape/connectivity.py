@@ -30,7 +30,7 @@ import torch
 
 from store.layout import ParamLayout
 from wsl.functional import population_forward
-from zoo.landscape.recipe import param_views, per_model_accuracy, per_model_loss
+from zoo.landscape.recipe import param_views, per_model_loss
 
 Batches = Sequence[tuple[torch.Tensor, torch.Tensor]]
 
@@ -65,8 +65,14 @@ def lr_factor(progress: float) -> float:
 
 def fit_curves(layout: ParamLayout, w0: torch.Tensor, w1: torch.Tensor, x: torch.Tensor, y: torch.Tensor, *,
                task: str = "classification", epochs: int = 20, lr: float = 0.01, batch_size: int = 128,
-               seed: int = 0, progress: Callable[[float], None] | None = None) -> torch.Tensor:
-    """Train every pair's control point on (x, y); returns theta [M, P] (the midpoints when epochs=0)."""
+               seed: int = 0, pair_seeds: Sequence[int] | None = None,
+               progress: Callable[[float], None] | None = None) -> torch.Tensor:
+    """Train every pair's control point on (x, y); returns theta [M, P] (the midpoints when epochs=0).
+
+    Minibatches come from `seed` (shared by all pairs: one input batch per
+    step); pair i's curve positions t from `pair_seeds[i]` when given, so its
+    curve does not depend on which other pairs were trained with it.
+    """
     M = w0.shape[0]
     names = layout.names
     a = list(param_views(layout, w0).values())
@@ -78,12 +84,18 @@ def fit_curves(layout: ParamLayout, w0: torch.Tensor, w1: torch.Tensor, x: torch
     if total > 0:
         opt = torch.optim.Adam(theta, lr=lr)
         g = torch.Generator().manual_seed(int(seed))
+        pair_gens = None if pair_seeds is None else [torch.Generator().manual_seed(int(s)) for s in pair_seeds]
+        if pair_gens is not None and len(pair_gens) != M:
+            raise ValueError(f"{len(pair_gens)} pair seeds for {M} pairs")
         step = 0
         for _ in range(int(epochs)):
             for idx in torch.randperm(n, generator=g).split(batch_size):
                 for group in opt.param_groups:
                     group["lr"] = lr * lr_factor(step / total)
-                t = torch.rand(M, generator=g, dtype=w0.dtype)
+                if pair_gens is None:
+                    t = torch.rand(M, generator=g, dtype=w0.dtype)
+                else:
+                    t = torch.cat([torch.rand(1, generator=pg, dtype=w0.dtype) for pg in pair_gens])
                 params = {nm: bezier(p, th, q, t) for nm, p, th, q in zip(names, a, theta, b)}
                 loss = per_model_loss(population_forward(layout, params, x[idx]), y[idx], task).sum()
                 opt.zero_grad(set_to_none=True)
@@ -98,23 +110,27 @@ def fit_curves(layout: ParamLayout, w0: torch.Tensor, w1: torch.Tensor, x: torch
 @torch.no_grad()
 def curve_losses(layout: ParamLayout, w0: torch.Tensor, theta: torch.Tensor, w1: torch.Tensor,
                  ts: torch.Tensor, batches: Batches, task: str = "classification") -> tuple[torch.Tensor, torch.Tensor]:
-    """Loss and accuracy of phi(t) for every pair and t on `batches` -> ([M, T], [M, T]) float64."""
-    n_total = sum(len(bx) for bx, _ in batches)
-    losses = torch.zeros(w0.shape[0], len(ts), dtype=torch.float64)
-    accs = torch.zeros_like(losses)
-    for j, t in enumerate(ts.tolist()):
-        params = param_views(layout, bezier(w0, theta, w1, t))
-        for bx, by in batches:
-            out = population_forward(layout, params, bx)
-            frac = len(bx) / n_total
-            losses[:, j] += per_model_loss(out, by, task).double() * frac
-            accs[:, j] += per_model_accuracy(out, by, task).double() * frac
-    return losses, accs
+    """Loss and accuracy of phi(t) for every pair and t on `batches` -> ([M, T], [M, T]) float64.
+
+    All M x T points of all curves are one population, scored by the fused
+    evaluator (wsl.evaluate) on the recipe's samples.
+    """
+    from wsl.data import Dataset
+    from wsl.evaluate import evaluate
+
+    M, T = w0.shape[0], len(ts)
+    x = torch.cat([bx for bx, _ in batches])
+    y = torch.cat([by for _, by in batches])
+    n_out = population_forward(layout, param_views(layout, w0[:1]), x[:1]).shape[-1]
+    sample = Dataset("landscape-sample", x, y, x, y, task=task, num_classes=n_out if task == "classification" else 0)
+    points = torch.stack([bezier(w0, theta, w1, t) for t in ts.tolist()], 1)  # [M, T, P]
+    res = evaluate(points.reshape(M * T, -1), layout, sample, split="train")
+    return res.loss.double().reshape(M, T), res.accuracy.double().reshape(M, T)
 
 
 def mode_connectivity(layout: ParamLayout, w0: torch.Tensor, w1: torch.Tensor, fit_data: tuple[torch.Tensor, torch.Tensor],
                       eval_batches: Batches, *, task: str = "classification", points: int = 9, epochs: int = 20,
-                      lr: float = 0.01, batch_size: int = 128, seed: int = 0,
+                      lr: float = 0.01, batch_size: int = 128, seed: int = 0, pair_seeds: Sequence[int] | None = None,
                       progress: Callable[[float], None] | None = None) -> dict[str, torch.Tensor]:
     """Fit and evaluate M curves (pairs w0[i] -- w1[i]); returns mc [M], losses [M, T], ts [T], theta [M, P]."""
     if points < 5:
@@ -123,7 +139,11 @@ def mode_connectivity(layout: ParamLayout, w0: torch.Tensor, w1: torch.Tensor, f
     layout.check_flat(w1, "second endpoints")
     x, y = fit_data
     theta = fit_curves(layout, w0, w1, x, y, task=task, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
-                       progress=progress)
+                       pair_seeds=pair_seeds, progress=progress)
+    bad = ~torch.isfinite(theta).all(1)  # a curve whose training blew up: no value, not an abort
+    theta[bad] = ((w0[bad] + w1[bad]) / 2).to(theta.dtype)
     ts = torch.linspace(0, 1, int(points), dtype=torch.float64)
     losses, accs = curve_losses(layout, w0, theta, w1, ts, eval_batches, task)
-    return {"mc": mc_from_losses(losses), "losses": losses, "accuracy": accs, "ts": ts, "theta": theta}
+    mc = mc_from_losses(losses)
+    mc[bad] = float("nan")
+    return {"mc": mc, "losses": losses, "accuracy": accs, "ts": ts, "theta": theta}

@@ -22,8 +22,11 @@ Two ways to get H v, both exact:
 Seeds: model i's Rademacher probes are drawn from
 torch.Generator().manual_seed(seeds[i]), P values per probe in parameter
 order, which is exactly the sequence PyHessian draws after
-torch.manual_seed(seeds[i]) (one randint_like per parameter tensor). A model's
-values therefore do not depend on which other models share its cohort.
+torch.manual_seed(seeds[i]) (one randint_like per parameter tensor); its
+power-iteration start vector likewise matches PyHessian's after
+torch.manual_seed(seeds[i] + EIG_SEED_OFFSET). So the two agree up to float
+rounding on the same model, data and counts, and a model's values do not
+depend on which other models share its cohort.
 """
 from __future__ import annotations
 
@@ -129,7 +132,9 @@ def top_eigenvalue(hess: PopulationHessian, iterations: int = 20, seeds: Sequenc
     Rayleigh quotient v^T H v of the current unit vector, as in PyHessian.
     """
     gens = _generators(seeds, hess.n_models, EIG_SEED_OFFSET)
-    v = torch.stack([torch.randn(hess.n_params, generator=g) for g in gens]).to(hess.dtype)
+    # one randn per parameter tensor, in layout order: PyHessian's start vector after torch.manual_seed
+    v = torch.stack([torch.cat([torch.randn(e.shape, generator=g).reshape(-1) for e in hess.layout.entries])
+                     for g in gens]).to(hess.dtype)
     v = v / (v.norm(dim=1, keepdim=True) + 1e-6)
     eig = torch.zeros(hess.n_models, dtype=torch.float64)
     for _ in range(int(iterations)):

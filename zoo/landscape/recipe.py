@@ -50,7 +50,7 @@ class Recipe:
     curve_lr: float = 0.01  # Adam; constant for half the epochs, then linear decay to 1%
     curve_batch_size: int = 128
     curve_seed: int = 0
-    max_pairs: int = 0  # seed pairs per configuration; 0 = all pairs
+    partners: int = 0  # pair each seed with its `partners` ring neighbours per side; 0 = every other seed
     version: int = RECIPE_VERSION
 
     def __post_init__(self):
@@ -62,8 +62,8 @@ class Recipe:
                 raise UserError(f"recipe {name}={getattr(self, name)!r}", f"{name} must be a positive integer")
         if self.curve_points < 5:
             raise UserError(f"recipe curve_points={self.curve_points}", "evaluate the curve at 5 points or more")
-        if self.curve_epochs < 0 or self.max_pairs < 0:
-            raise UserError("recipe curve_epochs and max_pairs must be >= 0", "give 0 or a positive integer")
+        if self.curve_epochs < 0 or self.partners < 0:
+            raise UserError("recipe curve_epochs and partners must be >= 0", "give 0 or a positive integer")
         if not self.curve_lr > 0:
             raise UserError(f"recipe curve_lr={self.curve_lr!r}", "give a positive learning rate")
 
