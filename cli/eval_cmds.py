@@ -1,6 +1,318 @@
-"""(commands are added here by their issue)"""
+"""`wsl eval`, `wsl average`, `wsl prune`, `wsl predict-properties`: weight-space operations on stored checkpoints.
+
+    wsl eval --where "models.zoo = 'digits-mlp' AND epoch = 20" --dataset digits [--format json]
+    wsl average --where "lr > 0.01" --dataset digits --mode last-k --k 3
+    wsl average --where "width = 32 AND lr = 0.1" --dataset digits --mode seeds
+    wsl prune --where "epoch = 20" --dataset digits --sparsity 0.5,0.8,0.9
+    wsl predict-properties --where "epoch >= 1" --target test_acc --target "log10(lr)"
+
+--where is a SQL condition over checkpoints joined with models (USING
+model_id; qualify as checkpoints.x / models.x where a name is in both), so
+"epoch = 20 AND lr < 0.1" works as written. Without --where every checkpoint
+is selected. Only `wsl eval` writes (scores into the `evaluations` table);
+the others report.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, List, Optional
+
 import typer
+
+from cli import common
+from store.errors import UserError
+
+WhereOption = typer.Option(None, "--where", "-w",
+                           help='SQL condition over checkpoints JOIN models, e.g. "epoch = 20 AND lr < 0.1" (default: all).')
+DatasetOption = typer.Option(..., "--dataset", "-d", help="Dataset name (see `wsl datasets`), e.g. digits.")
+SplitOption = typer.Option("test", "--split", help="test or train.")
+SeedOption = typer.Option(0, "--dataset-seed", help="Split seed of the dataset (the zoo's models say which they used).")
+DeviceOption = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N.")
+
+
+def _open(store: Optional[Path]):
+    from store.store import ZooStore
+
+    return ZooStore(common.store_path(store), create=False)
+
+
+def _selection(where: Optional[str], columns: str = "checkpoints.checkpoint_id, checkpoints.model_id, "
+                                                    "checkpoints.layout_id, checkpoints.epoch") -> str:
+    cond = (where or "").strip()
+    if cond.lower().startswith("where "):
+        cond = cond[6:]
+    return (f"SELECT {columns} FROM checkpoints LEFT JOIN (SELECT * EXCLUDE (layout_id) FROM models) AS models "
+            f"USING (model_id) WHERE {cond or 'true'}")
+
+
+def _select(zs, where: Optional[str], extra: str = ""):
+    """DataFrame of the selected checkpoints (ids, model, layout, epoch [+ extra]), in a stable order."""
+    cols = "checkpoints.checkpoint_id, checkpoints.model_id, checkpoints.layout_id, checkpoints.epoch" + extra
+    df = zs.sql(_selection(where, cols) + " ORDER BY checkpoints.model_id, checkpoints.epoch, checkpoints.checkpoint_id")
+    if df.empty:
+        raise UserError(f"--where {where!r} selects no checkpoints",
+                        'check it with: wsl query "SELECT count(*) FROM checkpoints JOIN models USING (model_id) WHERE ..."')
+    return df
+
+
+def _dataset(name: str, seed: int):
+    from zoo import load_dataset
+
+    return load_dataset(name, seed=seed)
+
+
+def _weights_by_layout(zs, df):
+    """{layout_id: (weights [n, P], rows of df in the same order)} (one read per layout)."""
+    out = {}
+    for lid, part in df.groupby("layout_id", sort=True):
+        w, _ = zs.weights(part.checkpoint_id.tolist())
+        out[lid] = (w, part.reset_index(drop=True))
+    return out
+
+
+def _emit(summary: dict[str, Any], rows, fmt: str, title: str) -> None:
+    """table: the per-row table (rows) then the summary; json: {"summary": ..., "rows": [...]}."""
+    import json
+    import sys
+
+    common.check_format(fmt, ("table", "json", "csv"))
+    records = rows.to_dict(orient="records") if rows is not None else []
+    if fmt == "json":
+        sys.stdout.write(json.dumps({"summary": _clean(summary), "rows": _clean(records)}, default=str) + "\n")
+        return
+    if fmt == "csv":
+        common.emit(rows, "csv")
+        return
+    if rows is not None and len(rows):
+        common.print_table(rows, title)
+    import pandas as pd
+
+    flat = {k: (json.dumps(_clean(v)) if isinstance(v, (dict, list)) else _clean(v)) for k, v in summary.items()}
+    common.print_table(pd.DataFrame({"": list(flat), "value": list(flat.values())}), f"{title}: summary")
+
+
+def _clean(obj):
+    """NaN -> None so JSON stays valid (regression has no accuracy)."""
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_clean(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if hasattr(obj, "item") and not isinstance(obj, (str, bytes)):
+        try:
+            return _clean(obj.item())
+        except (ValueError, AttributeError):
+            return obj
+    return obj
+
+
+# --------------------------------------------------------------------------- wsl eval
+def eval_cmd(
+    where: Optional[str] = WhereOption,
+    dataset: str = DatasetOption,
+    store: Optional[Path] = common.StoreOption,
+    split: str = SplitOption,
+    dataset_seed: int = SeedOption,
+    device: str = DeviceOption,
+    batch_size: int = typer.Option(4096, "--models-per-read", help="Checkpoints read from the store per batch."),
+    rescore: bool = typer.Option(False, "--rescore", help="Evaluate again checkpoints already scored on this dataset/split (reported, not written: the store is append-only)."),
+    fmt: str = common.FormatOption,
+) -> None:
+    """Score the selected checkpoints on a dataset with the fused evaluator; append to the `evaluations` table."""
+    import time
+
+    import pandas as pd
+
+    from wsl.evaluate import evaluate
+    from wsl.loader import WeightLoader
+
+    common.check_format(fmt, ("table", "json", "csv"))
+    zs = _open(store)
+    ds = _dataset(dataset, dataset_seed)
+    ds.split(split)  # validates the split name
+    sel = _select(zs, where)
+    done = set()
+    if zs.count("evaluations"):
+        prev = zs.sql("SELECT checkpoint_id FROM evaluations WHERE dataset_id = '"
+                      + ds.dataset_id.replace("'", "''") + f"' AND split = '{split}'")
+        done = set(prev.checkpoint_id)
+    todo = sel if rescore else sel[~sel.checkpoint_id.isin(done)]
+    rows, per_layout = [], []
+    t_all = time.perf_counter()
+    with common.progress_bar(f"eval on {dataset}/{split}", total=len(todo)) as update:
+        for lid, part in todo.groupby("layout_id", sort=True):
+            layout = zs.layout(lid)
+            loader = WeightLoader(zs, part.checkpoint_id.tolist(), batch_size=batch_size)
+            t0 = time.perf_counter()
+            accs, n = [], 0
+            for w, meta in loader:
+                res = evaluate(w, layout, ds, split=split, device=device)
+                for i, (cid, mid) in enumerate(zip(meta.checkpoint_id, meta.model_id)):
+                    row = {"checkpoint_id": cid, "model_id": mid, "dataset": dataset, "dataset_id": ds.dataset_id,
+                           "split": split, "loss": float(res.loss[i]), "accuracy": float(res.accuracy[i])}
+                    if res.r2 is not None:
+                        row["r2"] = float(res.r2[i])
+                    rows.append(row)
+                accs.append(res.accuracy if res.task == "classification" else res.r2)
+                n += len(w)
+                update(len(w))
+            import torch
+
+            a = torch.cat(accs)
+            secs = time.perf_counter() - t0
+            per_layout.append({"layout_id": lid, "architecture": (layout.arch or {}).get("name"), "checkpoints": n,
+                               "mean_score": float(a.mean()), "best_score": float(a.max()),
+                               "seconds": round(secs, 3), "checkpoints_per_s": round(n / secs, 1) if secs else None})
+    new_rows = [r for r in rows if r["checkpoint_id"] not in done]
+    written = zs.append("evaluations", pd.DataFrame(new_rows)) if new_rows else 0
+    metric = "r2" if ds.task == "regression" else "accuracy"
+    summary = {"dataset": dataset, "dataset_id": ds.dataset_id, "split": split, "selected": len(sel),
+               "evaluated": len(rows), "already_scored": len(sel) - len(todo), "written": int(written),
+               "score": metric, "seconds": round(time.perf_counter() - t_all, 3)}
+    _emit(summary, pd.DataFrame(per_layout) if per_layout else None, fmt, "wsl eval")
+
+
+# --------------------------------------------------------------------------- wsl average
+def average_cmd(
+    where: Optional[str] = WhereOption,
+    dataset: str = DatasetOption,
+    mode: str = typer.Option("last-k", "--mode", help="last-k: each model's last k selected checkpoints; seeds: the selected models' latest checkpoints, aligned then averaged."),
+    k: int = typer.Option(3, "--k", help="How many of each model's last checkpoints to average (last-k)."),
+    no_align: bool = typer.Option(False, "--no-align", help="seeds: average without permutation alignment."),
+    store: Optional[Path] = common.StoreOption,
+    split: str = SplitOption,
+    dataset_seed: int = SeedOption,
+    device: str = DeviceOption,
+    fmt: str = common.FormatOption,
+) -> None:
+    """Average checkpoints (over a model's last k epochs, or over seeds) and report the accuracy change."""
+    import pandas as pd
+    import torch
+
+    from wsl.average import average_last_k, average_seeds
+
+    common.check_format(fmt, ("table", "json", "csv"))
+    if mode not in ("last-k", "seeds"):
+        raise UserError(f"unknown --mode {mode!r}", "use last-k or seeds")
+    zs = _open(store)
+    ds = _dataset(dataset, dataset_seed)
+    sel = _select(zs, where)
+    if mode == "seeds":
+        latest = sel.groupby("model_id", sort=True).tail(1)
+        if latest.layout_id.nunique() != 1:
+            raise UserError(f"the selected models have {latest.layout_id.nunique()} layouts",
+                            "average seeds of one architecture and width (filter on width / layout_id)")
+        (w, part), = _weights_by_layout(zs, latest).values()
+        rep = average_seeds(w, zs.layout(part.layout_id[0]), ds, split=split, device=device,
+                            align_units=not no_align, model_ids=part.checkpoint_id.tolist())
+        _emit(rep.summary, rep.table, fmt, "wsl average (seeds)")
+        return
+    tables, summaries, skipped = [], [], []
+    for lid, (w, part) in _weights_by_layout(zs, sel).items():
+        counts = part.groupby("model_id").size()
+        keep = counts[counts >= k].index
+        skipped += counts[counts < k].index.tolist()
+        if len(keep) == 0:
+            continue
+        hist, ids = [], []
+        for mid, grp in part[part.model_id.isin(keep)].groupby("model_id", sort=True):
+            hist.append(w[torch.tensor(grp.index[-k:].tolist())])
+            ids.append(mid)
+        rep = average_last_k(torch.stack(hist), zs.layout(lid), ds, k=k, split=split, device=device, model_ids=ids)
+        tables.append(rep.table)
+        summaries.append(rep.summary)
+    if not tables:
+        raise UserError(f"no selected model has {k} checkpoints", "lower --k or widen --where")
+    table = pd.concat(tables, ignore_index=True)
+    metric = "accuracy" if ds.task == "classification" else "r2"
+    summary = {"mode": "last-k", "k": k, "models": len(table), "skipped_models": len(skipped), "dataset": dataset,
+               "split": split, f"mean_{metric}_final": float(table[f"{metric}_final"].mean()),
+               f"mean_{metric}_avg": float(table[f"{metric}_avg"].mean()),
+               f"mean_delta_{metric}": float(table[f"delta_{metric}"].mean()),
+               "improved": int((table[f"delta_{metric}"] > 0).sum())}
+    _emit(summary, table, fmt, "wsl average (last-k)")
+
+
+# --------------------------------------------------------------------------- wsl prune
+def prune_cmd(
+    where: Optional[str] = WhereOption,
+    dataset: str = DatasetOption,
+    sparsity: str = typer.Option("0.5,0.8,0.9", "--sparsity", help="Comma-separated fractions of weights to zero."),
+    include_bias: bool = typer.Option(False, "--include-bias", help="Prune biases and norm gains too."),
+    store: Optional[Path] = common.StoreOption,
+    split: str = SplitOption,
+    dataset_seed: int = SeedOption,
+    device: str = DeviceOption,
+    fmt: str = common.FormatOption,
+) -> None:
+    """Global magnitude pruning of the selected checkpoints at each sparsity, evaluated in fused calls."""
+    import pandas as pd
+
+    from wsl.prune import prune_sweep
+
+    common.check_format(fmt, ("table", "json", "csv"))
+    try:
+        levels = [float(s) for s in sparsity.split(",") if s.strip()]
+    except ValueError:
+        raise UserError(f"--sparsity {sparsity!r} is not a list of numbers", "e.g. --sparsity 0.5,0.8,0.9") from None
+    zs = _open(store)
+    ds = _dataset(dataset, dataset_seed)
+    sel = _select(zs, where)
+    tables = []
+    for lid, (w, part) in _weights_by_layout(zs, sel).items():
+        tables.append(prune_sweep(w, zs.layout(lid), ds, levels, split=split, device=device,
+                                  include_bias=include_bias, model_ids=part.checkpoint_id.tolist()))
+    table = pd.concat(tables, ignore_index=True)
+    metric = "accuracy" if "accuracy" in table else "r2"
+    per = table.groupby("sparsity").agg(achieved=("achieved", "mean"), **{f"mean_{metric}": (metric, "mean")},
+                                        mean_delta=("delta", "mean")).reset_index()
+    summary = {"dataset": dataset, "split": split, "checkpoints": len(sel), "score": metric,
+               "levels": per.to_dict(orient="records")}
+    if fmt == "table":
+        common.print_table(per, f"wsl prune: {len(sel)} checkpoints on {dataset}/{split}")
+        return
+    _emit(summary, table, fmt, "wsl prune")
+
+
+# --------------------------------------------------------------------------- wsl predict-properties
+def predict_properties_cmd(
+    where: Optional[str] = WhereOption,
+    target: List[str] = typer.Option(["test_acc"], "--target", "-t", help='Per-checkpoint value to predict: a column or SQL expression over checkpoints JOIN models, e.g. test_acc, "log10(lr)", epochs. Repeat for several.'),
+    test_fraction: float = typer.Option(0.3, "--test-fraction", help="Fraction of models held out (all checkpoints of a model on one side)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the train/held-out split."),
+    store: Optional[Path] = common.StoreOption,
+    fmt: str = common.FormatOption,
+) -> None:
+    """Model Zoos baseline: per-tensor weight statistics -> ridge regression; R² on held-out models."""
+    import pandas as pd
+
+    from wsl.properties import layer_statistics, predict_properties
+
+    common.check_format(fmt, ("table", "json", "csv"))
+    zs = _open(store)
+    extra = "".join(f", CAST(({t}) AS DOUBLE) AS __t{i}" for i, t in enumerate(target))
+    sel = _select(zs, where, extra)
+    counts = sel.layout_id.value_counts()
+    lid = counts.index[0]
+    if len(counts) > 1:
+        raise UserError(f"the selection has {len(counts)} layouts ({', '.join(counts.index[:4])})",
+                        "predict properties within one architecture and width: add e.g. AND width = 32 to --where")
+    w, part = _weights_by_layout(zs, sel)[lid]
+    X, _ = layer_statistics(w, zs.layout(lid))
+    targets = {t: part[f"__t{i}"].to_numpy(dtype=float) for i, t in enumerate(target)}
+    rep = predict_properties(X, targets, test_fraction=test_fraction, seed=seed, groups=part.model_id.tolist())
+    rows = pd.DataFrame([{"target": t, "r2": r["r2"], "n_train": r["n_train"], "n_test": r["n_test"],
+                          "alpha": r["alpha"]} for t, r in rep.items()])
+    summary = {"checkpoints": len(part), "models": int(part.model_id.nunique()), "layout_id": lid,
+               "features": int(X.shape[1]), "test_fraction": test_fraction, "seed": seed,
+               "r2": {t: r["r2"] for t, r in rep.items()}}
+    _emit(summary, rows, fmt, "wsl predict-properties")
 
 
 def register(app: typer.Typer) -> None:
-    return None
+    app.command("eval")(eval_cmd)
+    app.command("average")(average_cmd)
+    app.command("prune")(prune_cmd)
+    app.command("predict-properties")(predict_properties_cmd)
