@@ -111,7 +111,8 @@ def main() -> None:
         shutil.rmtree(root)
     root.mkdir(parents=True)
     layout = mlp_layout(args.width)
-    result: dict = {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+    result: dict = {"loadavg_1m_start": round(os.getloadavg()[0], 2),
+                    "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                     "checkpoints": args.models * args.epochs, "num_params": layout.num_params}
     try:
         # ---------------- build ----------------
@@ -139,7 +140,9 @@ def main() -> None:
         result["parts_compacted"] = len(store.part_files("checkpoints"))
         store = ZooStore(root / "store", create=False)
         read_store()
+        cpu = time.process_time()
         med_store, store_times, (w_store, meta_store) = timed(read_store, args.repeats)
+        result["store_cpu_s_per_call"] = round((time.process_time() - cpu) / args.repeats, 4)
         result.update(selected=n, selected_mb=round(nbytes / 2**20, 1), store_s=round(med_store, 4),
                       store_times_s=[round(x, 4) for x in store_times])
 
@@ -198,13 +201,16 @@ def main() -> None:
         result["meta_rows"] = big.count("checkpoints")
         result["meta_parts"] = len(big.part_files("checkpoints"))
         big.sql(META_QUERY)
-        qt = []
+        qt, qc = [], []
         for _ in range(20):
+            c = time.process_time()
             t = time.perf_counter()
             df = big.sql(META_QUERY)
             qt.append(time.perf_counter() - t)
+            qc.append(time.process_time() - c)
         assert int(df.n.sum()) == meta_models * (args.epochs - 5)
         result["meta_query_ms_p50"] = round(1e3 * statistics.median(qt), 2)
+        result["meta_query_cpu_ms_p50"] = round(1e3 * statistics.median(qc), 2)  # both cores' CPU time
         simple = "SELECT count(*) AS n FROM checkpoints WHERE epoch = 9 AND test_acc > 0.9"
         qt = []
         for _ in range(20):

@@ -261,25 +261,24 @@ def read_cells(path: str, index: CellIndex, rows: np.ndarray, out_rows: np.ndarr
         return False
     prefixes = np.zeros(len(rows), dtype="<u4")
     pv = memoryview(prefixes).cast("B")
-    # a cell continues the previous run if it starts right after the previous cell plus the next length prefix
-    breaks = np.ones(len(rows), dtype=bool)
-    breaks[1:] = offs[1:] != offs[:-1] + sizes[:-1] + 4
-    starts = np.nonzero(breaks)[0].tolist() + [len(rows)]
+    offs_l, out_l = offs.tolist(), out_rows.tolist()
+    n, stride = len(offs_l), row_bytes + 4
     fd = os.open(path, os.O_RDONLY)
     try:
-        iov_max = 1024
-        for a, b in zip(starts[:-1], starts[1:]):
-            for c in range(a, b, iov_max // 2):
-                d = min(b, c + iov_max // 2)
-                bufs = []
-                for i in range(c, d):
-                    bufs.append(pv[4 * i:4 * i + 4])
-                    r = int(out_rows[i]) * row_bytes
-                    bufs.append(out_flat[r:r + row_bytes])
-                want = int((sizes[c:d] + 4).sum())
-                got = os.preadv(fd, bufs, int(offs[c]) - 4)
-                if got != want:
-                    return False
+        i = 0
+        while i < n:
+            # a cell continues the run if it starts right after the previous cell and the next length prefix
+            j = i + 1
+            while j < n and j - i < 512 and offs_l[j] == offs_l[j - 1] + stride:
+                j += 1
+            bufs = []
+            for k in range(i, j):
+                r = out_l[k] * row_bytes
+                bufs.append(pv[4 * k:4 * k + 4])
+                bufs.append(out_flat[r:r + row_bytes])
+            if os.preadv(fd, bufs, offs_l[i] - 4) != (j - i) * stride:
+                return False
+            i = j
     finally:
         os.close(fd)
     return bool(np.array_equal(prefixes.astype(np.int64), sizes))

@@ -35,7 +35,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from store import codec, fastread, parts, sql
+from store import codec, fastread, parts, pool, sql
 from store.errors import UserError
 from store.layout import ParamLayout
 from store.schema import SCHEMA_VERSION, TABLES, WEIGHT_COLUMNS, Table
@@ -752,9 +752,11 @@ def _read_weights(files: np.ndarray, rows: np.ndarray, dtype: str, p: int, verif
     """
     n = len(rows)
     row_bytes = p * codec.ITEMSIZE[dtype]
-    # numpy allocates large arrays with transparent huge pages, which makes first touch much cheaper than torch.empty
-    out_np = np.empty((n, row_bytes), dtype=np.uint8)
-    flat = memoryview(out_np.reshape(-1)) if n and row_bytes else memoryview(bytearray(0))
+    # memory from the pool (store/pool.py) is already mapped; numpy allocates new big buffers with
+    # transparent huge pages, whose first touch is much cheaper than torch.empty's
+    buf = pool.take(n * row_bytes)
+    out_np = np.ndarray((n, row_bytes), dtype=np.uint8, buffer=buf)
+    flat = memoryview(buf)[: n * row_bytes]
     order = np.argsort(files, kind="stable")
     sorted_files = files[order]
     bounds = np.nonzero(np.r_[True, sorted_files[1:] != sorted_files[:-1]])[0].tolist() + [n]
@@ -772,8 +774,8 @@ def _read_weights(files: np.ndarray, rows: np.ndarray, dtype: str, p: int, verif
             split += [(path, file_rows[i:i + step], out_rows[i:i + step]) for i in range(0, len(file_rows), step)]
         from concurrent.futures import ThreadPoolExecutor
 
-        with ThreadPoolExecutor(threads) as pool:
-            done = list(pool.map(lambda j: _read_fast(*j, flat, row_bytes), split))
+        with ThreadPoolExecutor(threads) as executor:
+            done = list(executor.map(lambda j: _read_fast(*j, flat, row_bytes), split))
         jobs = [j for j, ok in zip(split, done) if not ok]
     else:
         jobs = [j for j in jobs if not _read_fast(*j, flat, row_bytes)]
@@ -787,7 +789,8 @@ def _read_weights(files: np.ndarray, rows: np.ndarray, dtype: str, p: int, verif
             which = [str(keys[i]) for i in bad[:5]] if keys is not None else bad[:5]
             raise UserError(f"sha256 mismatch for {len(bad)} rows: {which}",
                             "the store is damaged: run `wsl store check` and restore those parts")
-    view = out_np.view({"float32": np.float32, "float16": np.float16, "bfloat16": np.int16}[dtype])
+    del out_np, flat
+    view = pool.array(buf, (n, p), {"float32": np.float32, "float16": np.float16, "bfloat16": np.int16}[dtype])
     t = torch.from_numpy(view)
     return t.view(torch.bfloat16) if dtype == "bfloat16" else t
 

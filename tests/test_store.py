@@ -319,3 +319,26 @@ def test_docs_example_queries_run(store):
     w, meta = store.weights("SELECT checkpoint_id FROM checkpoints c JOIN landscape l "
                             "ON l.model_id = c.model_id AND l.epoch = c.epoch WHERE l.phase = 'IV-B'")
     assert w.shape == (3, LAYOUT.num_params)
+
+
+def test_reused_buffers_never_alias_live_tensors(store):
+    from store import pool
+
+    big = ParamLayout([("w", (70_000,))], arch={"name": "flat"})  # > 1 MiB a batch: pooled
+    src = torch.randn(8, big.num_params)
+    store.append_weights("checkpoints", src, [ckpt_row(i, 0) for i in range(8)], big)
+    ids = [f"m{i}-e0000" for i in range(8)]
+    a, _ = store.weights(ids)
+    view = a[2:4]  # a view keeps the buffer alive too
+    del a
+    b, _ = store.weights(ids[::-1])
+    assert torch.equal(view, src[2:4]) and torch.equal(b, src.flip(0))
+    assert b.untyped_storage().data_ptr() != view.untyped_storage().data_ptr()
+    ptr = b.untyped_storage().data_ptr()
+    del b
+    c, _ = store.weights(ids)  # the dropped buffer is reused, filled with the new rows
+    assert c.untyped_storage().data_ptr() == ptr and torch.equal(c, src)
+    c.mul_(0)  # tensors are writable and private
+    d, _ = store.weights(ids)
+    assert torch.equal(d, src)
+    assert pool.release() >= 0
