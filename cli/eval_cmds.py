@@ -151,7 +151,8 @@ def eval_cmd(
                 res = evaluate(w, layout, ds, split=split, device=device)
                 for i, (cid, mid) in enumerate(zip(meta.checkpoint_id, meta.model_id)):
                     row = {"checkpoint_id": cid, "model_id": mid, "dataset": dataset, "dataset_id": ds.dataset_id,
-                           "split": split, "loss": float(res.loss[i]), "accuracy": float(res.accuracy[i])}
+                           "split": split, "loss": float(res.loss[i]),
+                           "accuracy": float(res.accuracy[i]) if res.task == "classification" else None}
                     if res.r2 is not None:
                         row["r2"] = float(res.r2[i])
                     rows.append(row)

@@ -121,3 +121,24 @@ def test_predict_properties(run_cli, store):
     assert rep["summary"]["r2"]["test_acc"] > 0.3
     code, _, err = run_cli("predict-properties", "--store", store, "--target", "no_such_col")
     assert code == 2 and "SQL error" in err
+
+
+def test_eval_regression_writes_r2_and_null_accuracy(run_cli, tmp_path):
+    import torch
+
+    from store import ZooStore
+    from wsl import ParamLayout
+    from zoo import config_for, load_dataset
+
+    ds = load_dataset("sciml:sine")
+    layout = ParamLayout.from_config(config_for(ds, {"name": "siren", "width": 8, "depth": 2}))
+    torch.manual_seed(0)
+    zs = ZooStore(tmp_path / "r")
+    rows = [dict(checkpoint_id=f"s{i}-e0001", model_id=f"s{i}", epoch=1, step=1, train_loss=0.0, train_acc=0.0,
+                 test_loss=0.0, test_acc=0.0) for i in range(3)]
+    zs.append_weights("checkpoints", layout.flatten([layout.build_module() for _ in range(3)]), rows, layout)
+    code, out, err = run_cli("eval", "--store", str(tmp_path / "r"), "--dataset", "sciml:sine", "--format", "json")
+    assert code == 0, err
+    assert json.loads(out)["summary"]["score"] == "r2"
+    ev = ZooStore(tmp_path / "r", create=False).sql("SELECT loss, r2, accuracy IS NULL AS no_acc FROM evaluations")
+    assert len(ev) == 3 and ev.no_acc.all() and (ev.loss > 0).all() and ev.r2.notna().all()
