@@ -3,13 +3,11 @@ metadata that never touches weights, concurrent writers."""
 from __future__ import annotations
 
 import multiprocessing as mp
-import os
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
