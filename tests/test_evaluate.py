@@ -102,9 +102,12 @@ def test_half_precision_weights_are_evaluated_in_float32():
 def test_planner_keeps_cpu_tiles_cache_sized():
     arch, _ = ARCHS["cnn2d"]
     layout, _ = zoo(arch, n=1)
+    from wsl.evaluate import CPU_TILE_BYTES, activation_floats
+
     cohort, b = plan_tiles(layout, 4096, 10000)
     assert 1 <= cohort <= 4096 and 1 <= b <= 10000
-    assert cohort * b * 4 * 4 * 8 * 8 <= 2 * (1 << 20)
+    assert activation_floats(layout) == 4 * 8 * 8  # first conv: 4 channels of 8 x 8
+    assert cohort * b * 4 * activation_floats(layout) <= CPU_TILE_BYTES
     assert plan_tiles(layout, 3, 5, batch_size=100, cohort_size=2) == (2, 5)
 
 
@@ -141,3 +144,16 @@ def test_compiled_forward_matches():
     except Exception as e:  # no working C++ toolchain for inductor on this machine
         pytest.skip(f"torch.compile unavailable: {type(e).__name__}")
     assert torch.equal(res.predictions, loop(layout, flat, ds.x_test).argmax(-1))
+
+
+def test_ties_count_like_argmax():
+    """All-zero weights give equal logits: argmax says class 0, so only label-0 samples are hits."""
+    arch, shape = ARCHS["mlp"]
+    layout, flat = zoo(arch, n=3)
+    ds = classification_data(shape)
+    zeros = torch.zeros_like(flat)
+    res = evaluate(zeros, layout, ds, return_predictions=True, batch_size=16)
+    assert (res.predictions == 0).all()
+    expect = (ds.y_test == 0).double().mean()
+    assert torch.equal(res.accuracy, expect.repeat(3))
+    torch.testing.assert_close(res.loss, torch.full((3,), torch.log(torch.tensor(10.0)).item(), dtype=torch.float64))

@@ -165,3 +165,22 @@ def test_no_grad_path_matches_and_leaves_input_alone(key):
     torch.testing.assert_close(feat, reference(layout, flat, x, True, features=True), rtol=1e-4, atol=1e-4)
     assert torch.equal(x, x0) and torch.equal(flat, layout.flatten([layout.load_into(layout.build_module(), f)
                                                                    for f in flat]))
+
+
+@pytest.mark.parametrize("key", list(ARCHS))
+@pytest.mark.parametrize("grad", [False, True])
+def test_batch_last_and_prepared_params(key, grad):
+    from wsl.functional import prepare_params
+
+    arch, in_shape = ARCHS[key]
+    layout, _, flat = population(arch)
+    x = torch.randn(B, *in_shape)
+    ref = reference(layout, flat, x, True)
+    with torch.set_grad_enabled(grad):
+        for params in (layout.unflatten(flat), prepare_params(layout, layout.unflatten(flat))):
+            got = population_forward(layout, params, x, batch_last=True)
+            assert got.is_contiguous()
+            torch.testing.assert_close(got, ref.transpose(1, 2), rtol=1e-4, atol=1e-4)
+            torch.testing.assert_close(population_forward(layout, params, x), ref, rtol=1e-4, atol=1e-4)
+    slow = population_forward(layout, layout.unflatten(flat), x, generic=True, batch_last=True)
+    torch.testing.assert_close(slow, ref.transpose(1, 2), rtol=1e-4, atol=1e-4)
