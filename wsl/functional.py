@@ -71,6 +71,9 @@ FAST_PATHS = ("mlp", "siren", "cnn2d", "cnn1d", "transformer")
 
 MaskSource = Mapping[int, torch.Tensor] | Callable[[int, tuple], torch.Tensor] | None
 
+# Grouped convolutions in channels-last memory format (oneDNN's fast path on CPU); a switch for comparisons.
+CONV_CHANNELS_LAST = True
+
 _CONFIG_CACHE: dict[str, dict[str, Any]] = {}
 _MODULE_CACHE: dict[str, torch.nn.Module] = {}
 
@@ -332,17 +335,33 @@ def _stacked_input(x: torch.Tensor, shared: bool, channel_dims: int) -> tuple[to
     return x.transpose(0, 1).reshape(B, N * x.shape[2], *spatial), B
 
 
-def _conv_stack(conv, params, prefix, x, shared, N, act, post, **conv_kw):
-    """Grouped-conv stack; x [B, C, ...] (shared) or [B, N*C, ...] (stacked). Returns [B, N*C_last, ...]."""
+def _conv_stack(params, prefix, x, shared, N, act, post, dims: int, stride: int, padding: int):
+    """Grouped-conv stack in channels-last memory format.
+
+    x: [B, C, *spatial] (shared input) or [B, N*C, *spatial] (models stacked along channels).
+    Returns [B, N*C_last, *spatial']. 1-D convs run as 2-D ones with height 1: oneDNN's channels-last
+    grouped convolution was 2-4x faster here than the default layout (and than the per-model loop),
+    its grouped conv1d in the default layout half as fast as the loop.
+    """
+    cl = torch.channels_last if CONV_CHANNELS_LAST else torch.contiguous_format
+    if dims == 1:
+        x = x.unsqueeze(2)
+        st, pd = (1, stride), (0, padding)
+    else:
+        st, pd = stride, padding
+    x = x.contiguous(memory_format=cl)
     i = 0
     while f"{prefix}.{i}.weight" in params:
         w, b = params[f"{prefix}.{i}.weight"], params[f"{prefix}.{i}.bias"]
         cout = w.shape[1]
         w_all = w.reshape(N * cout, *w.shape[2:])
+        if dims == 1:
+            w_all = w_all.unsqueeze(2)
         groups = 1 if (i == 0 and shared) else N
-        x = post(act(conv(x, w_all, b.reshape(N * cout), groups=groups, **conv_kw)))
+        y = F.conv2d(x, w_all.contiguous(memory_format=cl), b.reshape(N * cout), stride=st, padding=pd, groups=groups)
+        x = post(act(y))
         i += 1
-    return x
+    return x.squeeze(2) if dims == 1 else x
 
 
 def _cnn2d(layout, cfg, params, x, shared, train, masks, features, batch_last):
@@ -365,7 +384,7 @@ def _cnn2d(layout, cfg, params, x, shared, train, masks, features, batch_last):
         # run ~2x faster fwd+bwd in channels-last (NCHW max_pool2d alone cost as much as the convs);
         # the shared-input path (evaluation) is faster in NCHW, so it stays as it is
         h = h.contiguous(memory_format=torch.channels_last)
-    h = _conv_stack(F.conv2d, params, "convs", h, shared, N, act, pool, padding=k // 2)
+    h = _conv_stack(params, "convs", h, shared, N, act, pool, dims=2, stride=1, padding=k // 2)
     h = h.reshape(B, N, -1).transpose(0, 1)  # [N, B, F]
     h = drop(0, h)
     if "fc.weight" in params:
@@ -385,7 +404,7 @@ def _cnn1d(layout, cfg, params, x, shared, train, masks, features, batch_last):
     if not shared and x.dim() == 3:
         x = x.unsqueeze(2)
     h, B = _stacked_input(x, shared, 1)
-    h = _conv_stack(F.conv1d, params, "convs", h, shared, N, act, lambda t: t, stride=stride, padding=1)
+    h = _conv_stack(params, "convs", h, shared, N, act, lambda t: t, dims=1, stride=stride, padding=1)
     h = drop(0, h.reshape(B, N, -1).transpose(0, 1))
     if features:
         return h
