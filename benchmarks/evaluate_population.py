@@ -14,7 +14,9 @@ for --repeats rounds (each way's best round is reported: background load only ev
 4. fraction_of_gemm_peak: the fused MLP evaluation's GFLOP/s (2 * samples * sum(in * out) per model)
    over this run's fp32 GEMM peak (best of 3 2048^3 matmuls).
 
-Both ways produce the same predictions (checked every run). With CUDA present it also times the
+Both ways produce the same predictions (checked every run). Each ratio is reported on wall-clock
+time (`ratio`) and on process CPU time (`ratio_cpu`, all threads): on a shared machine other jobs
+inflate wall time, the CPU time is what the work itself cost. With CUDA present it also times the
 MLP case on the GPU (ratio_mlp_cuda: per-model loop on the GPU vs fused on the GPU).
 
 Last line: JSON with ratio_mlp, ratio_cnn, ratio_end_to_end, fraction_of_gemm_peak (+ details).
@@ -53,6 +55,21 @@ def _timed(fn) -> float:
     return time.perf_counter() - t
 
 
+def _both(fn, sync=lambda: None) -> tuple[float, float]:
+    """(wall seconds, process CPU seconds: all threads) of one call."""
+    w, c = time.perf_counter(), time.process_time()
+    fn()
+    sync()
+    return time.perf_counter() - w, time.process_time() - c
+
+
+def load1() -> float:
+    try:
+        return float(Path("/proc/loadavg").read_text().split()[0])
+    except OSError:
+        return float("nan")
+
+
 def population(arch: dict, n: int, seed: int = 0) -> tuple[ParamLayout, torch.Tensor]:
     layout = ParamLayout.from_config(arch)
     mods = []
@@ -89,12 +106,14 @@ def compare(name: str, layout, w, ds, repeats: int, device: str = "cpu") -> dict
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     t_loop, t_fused = [], []
     for _ in range(repeats):
-        t = time.perf_counter(); loop_eval(layout, sds, x, y, device); sync(); t_loop.append(time.perf_counter() - t)
-        t = time.perf_counter(); evaluate(wd, layout, ds, device=device); sync(); t_fused.append(time.perf_counter() - t)
-    out = {"loop_s": round(min(t_loop), 5), "fused_s": round(min(t_fused), 5),
-           "ratio": round(min(t_loop) / min(t_fused), 2), "plan": res.plan}
-    print(f"{name}: {len(w)} models x {len(x)} samples: loop {out['loop_s'] * 1e3:.1f} ms, fused "
-          f"{out['fused_s'] * 1e3:.1f} ms -> {out['ratio']}x  (tiles {res.plan['cohort_size']} models x "
+        t_loop.append(_both(lambda: loop_eval(layout, sds, x, y, device), sync))
+        t_fused.append(_both(lambda: evaluate(wd, layout, ds, device=device), sync))
+    lw, lc = min(t for t, _ in t_loop), min(c for _, c in t_loop)
+    fw, fc = min(t for t, _ in t_fused), min(c for _, c in t_fused)
+    out = {"loop_s": round(lw, 5), "fused_s": round(fw, 5), "ratio": round(lw / fw, 2),
+           "loop_cpu_s": round(lc, 5), "fused_cpu_s": round(fc, 5), "ratio_cpu": round(lc / fc, 2), "plan": res.plan}
+    print(f"{name}: {len(w)} models x {len(x)} samples: loop {lw * 1e3:.1f} ms, fused {fw * 1e3:.1f} ms -> "
+          f"{out['ratio']}x wall, {out['ratio_cpu']}x CPU time  (tiles {res.plan['cohort_size']} models x "
           f"{res.plan['batch_size']} samples)", flush=True)
     return out
 
@@ -150,12 +169,16 @@ def end_to_end(layout, w, ds, repeats: int, workdir: Path) -> dict:
     assert torch.allclose(from_store(), from_files())
     t_store, t_files = [], []
     for _ in range(repeats):
-        t_store.append(_timed(from_store))
-        t_files.append(_timed(from_files))
-    out = {"store_s": round(min(t_store), 5), "files_s": round(min(t_files), 5),
-           "ratio": round(min(t_files) / min(t_store), 2), "checkpoints_selected": n, "checkpoints_stored": 2 * n}
-    print(f"end to end: {n} of {2 * n} checkpoints selected by SQL and scored: store {out['store_s'] * 1e3:.1f} ms, "
-          f"torch.save files + loop {out['files_s'] * 1e3:.1f} ms -> {out['ratio']}x", flush=True)
+        t_store.append(_both(from_store))
+        t_files.append(_both(from_files))
+    sw, sc = min(t for t, _ in t_store), min(c for _, c in t_store)
+    fw, fc = min(t for t, _ in t_files), min(c for _, c in t_files)
+    out = {"store_s": round(sw, 5), "files_s": round(fw, 5), "ratio": round(fw / sw, 2),
+           "store_cpu_s": round(sc, 5), "files_cpu_s": round(fc, 5), "ratio_cpu": round(fc / sc, 2),
+           "checkpoints_selected": n, "checkpoints_stored": 2 * n}
+    print(f"end to end: {n} of {2 * n} checkpoints selected by SQL and scored: store {sw * 1e3:.1f} ms, "
+          f"torch.save files + loop {fw * 1e3:.1f} ms -> {out['ratio']}x wall, {out['ratio_cpu']}x CPU time",
+          flush=True)
     zs.close()
     return out
 
@@ -165,7 +188,11 @@ def main() -> None:
     ap.add_argument("--mlps", type=int, default=256)
     ap.add_argument("--cnns", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    load_start = load1()
 
     ds = load_dataset("digits", seed=0)
     mlp_layout, mlp_w = population(config_for(ds, {"name": "mlp", "width": 32, "depth": 2}), args.mlps)
@@ -189,6 +216,7 @@ def main() -> None:
         "fraction_of_gemm_peak": round(gflops / peak, 4), "loop_fraction_of_gemm_peak": round(loop_gflops / peak, 4),
         "gemm_peak_gflops": round(peak, 1), "mlp": mlp, "cnn": cnn, "end_to_end": e2e,
         "threads": torch.get_num_threads(), "torch": torch.__version__,
+        "load_1min": [load_start, load1()],
     }
     if torch.cuda.is_available():
         gpu = compare("mlp-cuda", mlp_layout, mlp_w, ds, args.repeats, device="cuda")
