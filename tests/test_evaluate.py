@@ -157,3 +157,11 @@ def test_ties_count_like_argmax():
     expect = (ds.y_test == 0).double().mean()
     assert torch.equal(res.accuracy, expect.repeat(3))
     torch.testing.assert_close(res.loss, torch.full((3,), torch.log(torch.tensor(10.0)).item(), dtype=torch.float64))
+
+
+def test_planner_caps_cohort_weight_memory():
+    from wsl.evaluate import CPU_WEIGHT_BYTES
+
+    big = ParamLayout.from_config({"name": "mlp", "in_features": 1024, "out_features": 10, "width": 1024, "depth": 2})
+    cohort, _ = plan_tiles(big, 100_000, 100)
+    assert cohort * 3 * 4 * big.num_params <= CPU_WEIGHT_BYTES and cohort >= 1

@@ -45,7 +45,9 @@ __all__ = ["evaluate", "EvalResult", "plan_tiles", "CPU_TILE_BYTES", "activation
 # (2 MiB L2 per core), single-threaded CPU time, 256 MLPs / 64 CNNs on digits: 1 MiB tiles 1.9x
 # the per-model loop, 2-8 MiB 2.2-2.8x, whole test set per call 1.3-2x.
 CPU_TILE_BYTES = 4 << 20
-# Fraction of free CUDA memory a cohort's activations may take.
+# Memory a CPU cohort's weights (with their prepared copies) may take.
+CPU_WEIGHT_BYTES = 512 << 20
+# Fraction of free CUDA memory a cohort's activations and weights may take.
 CUDA_MEMORY_FRACTION = 0.3
 
 
@@ -110,22 +112,29 @@ def activation_floats(layout: ParamLayout) -> int:
 
 def plan_tiles(layout: ParamLayout, n_models: int, n_samples: int, device: str | torch.device = "cpu",
                batch_size: int | None = None, cohort_size: int | None = None) -> tuple[int, int]:
-    """(models per cohort, samples per call) for evaluating n_models on n_samples."""
+    """(models per cohort, samples per call) for evaluating n_models on n_samples.
+
+    A cohort's weights live three times while it is evaluated (the rows, their per-tensor
+    contiguous copies, the pre-transposed matrices): cohorts are capped so that stays within
+    `CPU_WEIGHT_BYTES` on CPU and within the CUDA budget together with the activations.
+    """
     dev = torch.device(device)
     act = activation_floats(layout) * 4  # bytes per model x sample
+    per_model_weights = 3 * 4 * layout.num_params
     if dev.type == "cuda":
         free, _ = torch.cuda.mem_get_info(dev)
         budget = free * CUDA_MEMORY_FRACTION
-        b = batch_size or n_samples
-        cohort = cohort_size or max(1, min(n_models, int(budget // max(1, act * b * 3))))
-        return int(cohort), int(min(b, n_samples))
-    cohort = cohort_size or n_models
+        b = min(batch_size or n_samples, n_samples)
+        cohort = cohort_size or max(1, min(n_models, int(budget // max(1, act * b * 3 + per_model_weights))))
+        return int(cohort), int(b)
+    cap = max(1, CPU_WEIGHT_BYTES // per_model_weights)
+    cohort = cohort_size or min(n_models, cap)
     if batch_size:
         return int(min(cohort, n_models)), int(min(batch_size, n_samples))
     b = CPU_TILE_BYTES // max(1, act * cohort)
     if b < 16 and cohort_size is None:  # too many models for one tile: split the population
         b = 16
-        cohort = max(1, CPU_TILE_BYTES // (act * b))
+        cohort = max(1, min(cohort, CPU_TILE_BYTES // (act * b)))
     return int(min(cohort, n_models)), int(max(1, min(b, n_samples)))
 
 
