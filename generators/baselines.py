@@ -1,0 +1,64 @@
+"""What a generator must beat without learning anything (Zeng et al. 2025).
+
+Each baseline makes n weight vectors for a condition from the zoo's checkpoints
+for that same dataset (`reference`, [m, P]):
+
+    noise-A   a random reference checkpoint + Gaussian noise; on every tensor the
+              noise std is A times that tensor's RMS in the chosen checkpoint
+              ("relative amplitude", A = 0.06 and 0.12 by default)
+    avg16     the average of 16 reference checkpoints drawn at random (with
+              replacement when there are fewer than 16)
+    gaussfit  a per-coordinate Gaussian fit to the references (mean and std
+              of every parameter), sampled independently
+
+All are seeded: the same (references, n, seed) give the same weights.
+"""
+from __future__ import annotations
+
+import torch
+
+from store.errors import UserError
+from store.layout import ParamLayout
+
+NOISE_AMPLITUDES = (0.06, 0.12)
+
+
+def noise(reference: torch.Tensor, layout: ParamLayout, n: int, amplitude: float, generator: torch.Generator) -> torch.Tensor:
+    pick = torch.randint(len(reference), (n,), generator=generator)
+    base = reference[pick].to(torch.float32)
+    out = base.clone()
+    for e in layout.entries:
+        block = base[:, e.offset:e.offset + e.numel]
+        rms = block.pow(2).mean(1, keepdim=True).sqrt()
+        out[:, e.offset:e.offset + e.numel] += amplitude * rms * torch.randn(block.shape, generator=generator)
+    return out
+
+
+def average(reference: torch.Tensor, n: int, k: int, generator: torch.Generator) -> torch.Tensor:
+    replace = len(reference) < k
+    rows = []
+    for _ in range(n):
+        idx = (torch.randint(len(reference), (k,), generator=generator) if replace
+               else torch.randperm(len(reference), generator=generator)[:k])
+        rows.append(reference[idx].to(torch.float32).mean(0))
+    return torch.stack(rows)
+
+
+def gaussian_fit(reference: torch.Tensor, n: int, generator: torch.Generator) -> torch.Tensor:
+    ref = reference.to(torch.float32)
+    mean = ref.mean(0)
+    std = ref.std(0) if len(ref) > 1 else torch.zeros_like(mean)
+    return mean + std * torch.randn((n, ref.shape[1]), generator=generator)
+
+
+def baselines(reference: torch.Tensor, layout: ParamLayout, n: int, seed: int = 0,
+              amplitudes=NOISE_AMPLITUDES) -> dict[str, torch.Tensor]:
+    """{kind: [n, P]} for noise-A (each amplitude), avg16 and gaussfit."""
+    if len(reference) == 0:
+        raise UserError("no reference checkpoints for the baselines", "select checkpoints trained on this dataset")
+    layout.check_flat(reference, what="reference checkpoints")
+    g = torch.Generator().manual_seed(int(seed))
+    out = {f"noise-{a:g}": noise(reference, layout, n, a, g) for a in amplitudes}
+    out["avg16"] = average(reference, n, 16, g)
+    out["gaussfit"] = gaussian_fit(reference, n, g)
+    return out

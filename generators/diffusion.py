@@ -1,0 +1,446 @@
+"""Dataset-conditioned latent diffusion over weights (p-diff's recipe + D2NWG's dataset conditioning).
+
+    gen = LatentDiffusion(steps=3000).fit_tensors(weights, layout, conditions)
+    w, layout = gen.sample(256, "digits-pair:3-5", seed=0)
+
+Fitting, top to bottom:
+
+1. Per-tensor standardization: every named tensor of the layout is shifted
+   and scaled to mean 0 / std 1 over the training population (exactly
+   inverted after decoding). A bias and a weight matrix then count equally.
+2. Weight VAE (autoencoder.py): [N, P] -> [N, latent_dim], trained with
+   noise on its input (~0.001) and its latent (~0.1), p-diff style. Latent
+   means are then standardized per dimension.
+3. Latent denoiser (denoiser.py) trained with diffusers' `DDPMScheduler`
+   (epsilon prediction by default), conditioned on
+   - a dataset embedding from the set encoder (set_encoder.py) over a fresh
+     random subset of that dataset's training samples at every step,
+     trained jointly with the denoiser;
+   - optionally a target metric (G.pt style), e.g. the checkpoint's test accuracy.
+   Each condition is dropped (replaced by a learned null vector) with some
+   probability, so sampling can use classifier-free guidance.
+
+Sampling: the dataset's training samples -> embedding -> DDIM (diffusers'
+`DDIMScheduler`, eta = 0, so a seed fixes the result) -> VAE decoder ->
+inverse standardization -> [n, P] weights.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from generators.autoencoder import WeightVAE
+from generators.base import WeightGenerator
+from generators.denoiser import LatentDenoiser
+from generators.mean_model import RidgeMean, dataset_statistics, statistics_dim
+from generators.set_encoder import SetEncoder
+from store.errors import UserError
+from store.layout import ParamLayout
+from wsl.data import Dataset
+from wsl.normalize import Normalizer
+
+
+def warmup_cosine(opt: torch.optim.Optimizer, total: int, warmup: float = 0.05, final: float = 0.05):
+    """Linear warm-up over `warmup` of the steps, then cosine decay to `final` times the base learning rate."""
+    w = max(1, int(round(warmup * total)))
+
+    def factor(step: int) -> float:
+        if step < w:
+            return (step + 1) / w
+        t = min(1.0, (step - w) / max(1, total - w))
+        return final + (1 - final) * 0.5 * (1 + math.cos(math.pi * t))
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+class NormalizerState(nn.Module):
+    """A `wsl.normalize.Normalizer`'s per-tensor statistics as buffers (so they save with the other tensors)."""
+
+    def __init__(self, n_tensors: int):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(n_tensors, dtype=torch.float64))
+        self.register_buffer("std", torch.ones(n_tensors, dtype=torch.float64))
+        self._norm: Normalizer | None = None
+
+    def set(self, norm: Normalizer) -> Normalizer:
+        self.mean.copy_(norm.mean)
+        self.std.copy_(norm.std)
+        self._norm = norm
+        return norm
+
+    def normalizer(self, layout: ParamLayout) -> Normalizer:
+        if self._norm is None or self._norm.layout != layout:
+            self._norm = Normalizer(layout, self.mean, self.std)
+        return self._norm
+
+
+class Conditioner(nn.Module):
+    """Condition vector = set-encoder embedding of the dataset (+ target-metric embedding); learned nulls for dropping."""
+
+    def __init__(self, in_features: int, num_classes: int, target_dim: int, n_metrics: int, set_hidden: int,
+                 cond_dim: int, latent_dim: int):
+        super().__init__()
+        self.set_encoder = SetEncoder(in_features, num_classes, target_dim, set_hidden, cond_dim)
+        self.null_dataset = nn.Parameter(torch.zeros(cond_dim))
+        self.align = nn.Linear(cond_dim, latent_dim)  # embedding -> mean latent of the dataset's models
+        self.n_metrics = int(n_metrics)
+        if n_metrics:
+            self.metric_mlp = nn.Sequential(nn.Linear(n_metrics, cond_dim), nn.SiLU(), nn.Linear(cond_dim, cond_dim))
+            self.null_metric = nn.Parameter(torch.zeros(cond_dim))
+            self.register_buffer("metric_mean", torch.zeros(n_metrics))
+            self.register_buffer("metric_std", torch.ones(n_metrics))
+
+    def combine(self, ds_emb: torch.Tensor, drop_ds: torch.Tensor, metric: torch.Tensor | None,
+                drop_metric: torch.Tensor | None) -> torch.Tensor:
+        c = torch.where(drop_ds[:, None], self.null_dataset.expand_as(ds_emb), ds_emb)
+        if self.n_metrics:
+            if metric is None:
+                m = self.null_metric.expand_as(c)
+            else:
+                m = self.metric_mlp((metric - self.metric_mean) / self.metric_std)
+                m = torch.where(drop_metric[:, None], self.null_metric.expand_as(m), m)
+            c = c + m
+        return c
+
+
+class LatentDiffusion(WeightGenerator):
+    """Per-tensor standardization -> weight VAE -> dataset-conditioned latent DDPM (sampled with DDIM)."""
+
+    method = "diffusion"
+
+    @dataclasses.dataclass
+    class Config:
+        # linear part (mean_model.py): standardized weights = ridge(dataset statistics) + residual
+        mean_model: str = "ridge"  # or "none": the diffusion models the standardized weights themselves
+        # autoencoder
+        latent_dim: int = 32
+        ae_hidden: int = 256
+        ae_depth: int = 2
+        ae_steps: int = 1500
+        ae_lr: float = 1e-3
+        kl_weight: float = 1e-4
+        input_noise: float = 1e-3
+        latent_noise: float = 0.1
+        # conditioning
+        set_hidden: int = 64
+        cond_dim: int = 64
+        max_per_class: int = 64  # context samples per class per training step
+        context_per_class: int = 512  # samples per class embedded at sampling time
+        align_weight: float = 1.0  # weight of the embedding -> mean-latent alignment loss (0 = off)
+        cond_drop: float = 0.1  # classifier-free guidance: P(dataset condition dropped)
+        metric_drop: float = 0.3  # P(target-metric condition dropped)
+        guidance: float = 2.0  # classifier-free guidance scale; 1 = plain conditional sampling
+        # denoiser + schedules
+        denoiser_hidden: int = 256
+        denoiser_depth: int = 3
+        steps: int = 3000
+        lr: float = 1e-3
+        weight_decay: float = 0.0
+        batch_size: int = 128
+        num_train_timesteps: int = 1000
+        beta_schedule: str = "linear"
+        prediction_type: str = "sample"  # x0-prediction: far better than epsilon on a few hundred latents
+        sample_steps: int = 50
+        ema_decay: float = 0.995  # exponential moving average of denoiser + set-encoder weights, used to sample
+        seed: int = 0
+
+    def __init__(self, config=None, **overrides):
+        super().__init__(config, **overrides)
+        c = self.config
+        if c.prediction_type not in ("epsilon", "sample", "v_prediction"):
+            raise UserError(f"prediction_type {c.prediction_type!r}", "use epsilon, sample or v_prediction")
+        if c.mean_model not in ("ridge", "none"):
+            raise UserError(f"mean_model {c.mean_model!r}", "use 'ridge' or 'none'")
+        if c.beta_schedule not in ("linear", "scaled_linear", "squaredcos_cap_v2"):
+            raise UserError(f"beta_schedule {c.beta_schedule!r}", "use linear, scaled_linear or squaredcos_cap_v2")
+        for k in ("latent_dim", "ae_hidden", "set_hidden", "cond_dim", "denoiser_hidden", "batch_size", "sample_steps",
+                  "num_train_timesteps", "max_per_class", "context_per_class"):
+            if int(getattr(c, k)) < 1:
+                raise UserError(f"diffusion option {k}={getattr(c, k)!r}", f"{k} must be >= 1")
+        for k in ("steps", "ae_steps"):
+            if int(getattr(c, k)) < 0:
+                raise UserError(f"diffusion option {k}={getattr(c, k)!r}", f"{k} must be >= 0")
+        self.modules: dict[str, nn.Module] = {}
+
+    # ----- modules -------------------------------------------------------------------
+    def _build(self) -> None:
+        c, layout, info = self.config, self.layout, self.fit_info
+        in_features = int(math.prod(info["input_shape"]))
+        num_classes = int(info["num_classes"]) if info.get("task", "classification") == "classification" else 0
+        target_dim = int(info.get("target_dim", 1))
+        vae = WeightVAE(layout.num_params, c.latent_dim, c.ae_hidden, c.ae_depth, c.input_noise, c.latent_noise, c.kl_weight)
+        latent_stats = nn.Module()
+        latent_stats.register_buffer("mean", torch.zeros(c.latent_dim))
+        latent_stats.register_buffer("std", torch.ones(c.latent_dim))
+        cond = Conditioner(in_features, num_classes, target_dim, len(info.get("metrics", [])), c.set_hidden, c.cond_dim,
+                           c.latent_dim)
+        den = LatentDenoiser(c.latent_dim, c.cond_dim, c.denoiser_hidden, c.denoiser_depth)
+        self.modules = {"normalizer": NormalizerState(len(layout)), "vae": vae, "latent": latent_stats,
+                        "conditioner": cond, "denoiser": den}
+        if c.mean_model == "ridge":
+            self.modules["mean"] = RidgeMean(int(info["mean_sets"]), statistics_dim(in_features, num_classes, target_dim),
+                                             layout.num_params)
+            self.modules["residual_normalizer"] = NormalizerState(len(layout))
+
+    def _modules(self) -> dict[str, nn.Module]:
+        return self.modules
+
+    def _ddpm(self):
+        from diffusers import DDPMScheduler
+
+        c = self.config
+        return DDPMScheduler(num_train_timesteps=c.num_train_timesteps, beta_schedule=c.beta_schedule,
+                             prediction_type=c.prediction_type, clip_sample=False)
+
+    def _ddim(self):
+        from diffusers import DDIMScheduler
+
+        return DDIMScheduler.from_config(self._ddpm().config, clip_sample=False, set_alpha_to_one=True,
+                                         timestep_spacing="trailing")
+
+    def _save_extra(self, directory: Path) -> None:
+        self._ddpm().save_config(str(directory / "scheduler"))
+
+    # ----- fitting ------------------------------------------------------------------------
+    def _fit(self, weights, datasets, index, metrics, progress) -> None:
+        c = self.config
+        layout = self.layout
+        shapes = {tuple(d.input_shape) for d in datasets}
+        if len({math.prod(s) for s in shapes}) != 1:
+            raise UserError(f"the training conditions mix input shapes {sorted(shapes)}",
+                            "fit one generator per input shape (select one dataset family)")
+        ks = {(d.task, int(d.num_classes)) for d in datasets}
+        if len(ks) != 1:
+            raise UserError(f"the training conditions mix tasks / class counts {sorted(ks)}",
+                            "fit one generator per number of classes")
+        task, k = next(iter(ks))
+        g = torch.Generator().manual_seed(c.seed)
+        self.fit_info.update({"input_shape": list(datasets[0].input_shape), "num_classes": k, "task": task,
+                              "metrics": sorted(metrics)})
+        if task == "regression":
+            self.fit_info["target_dim"] = int(datasets[0].output_dim)
+        self.fit_info["mean_sets"] = len(datasets)
+        torch_state = torch.random.get_rng_state()
+        torch.manual_seed(c.seed)  # module init and the noise inside training steps
+        try:
+            self._build()
+            total = c.ae_steps + c.steps
+            if progress:
+                progress(0, total=total, info="autoencoder")
+            vae, lat = self.modules["vae"], self.modules["latent"]
+            norm = self.modules["normalizer"].set(Normalizer.fit(weights, layout))
+            x = norm.transform(weights, torch.float32)
+            x = self._fit_mean(x, datasets, index)
+            ae_hist = self._train_vae(vae, x, g, progress)
+            vae.eval()
+            with torch.no_grad():
+                mu = vae.encode(x)[0]
+                lat.mean.copy_(mu.mean(0))
+                lat.std.copy_(mu.std(0).clamp_min(1e-4) if len(mu) > 1 else torch.ones_like(mu[0]))
+                z = (mu - lat.mean) / lat.std
+                mean = self._mean_for(datasets)
+                recon = self._to_weights(vae.decode(mu), None if mean is None else mean[index])
+            rel = float((recon - weights).norm() / weights.norm().clamp_min(1e-12))
+            if progress:
+                progress(0, info="diffusion")
+            dn_hist = self._train_denoiser(z, datasets, index, metrics, g, progress)
+        finally:
+            torch.random.set_rng_state(torch_state)
+        for m in self.modules.values():
+            m.eval()
+        self.fit_info.update({"ae_final_mse": ae_hist, "ae_relative_recon_error": rel, "diffusion_final_loss": dn_hist})
+
+    def _fit_mean(self, x: torch.Tensor, datasets: list[Dataset], index: torch.Tensor) -> torch.Tensor:
+        """Fit the ridge mean model; returns what the autoencoder models (standardized residuals, or x)."""
+        if self.config.mean_model == "none":
+            return x
+        k = int(self.fit_info["num_classes"]) if self.fit_info["task"] == "classification" else 0
+        stats = torch.stack([dataset_statistics(d.x_train, d.y_train, k) for d in datasets])
+        targets = torch.zeros(len(datasets), x.shape[1], dtype=torch.float64).index_add_(0, index, x.double())
+        targets /= torch.bincount(index, minlength=len(datasets)).clamp_min(1)[:, None].double()
+        self.fit_info.update(self.modules["mean"].fit(stats, targets))
+        resid = x - self.modules["mean"](stats)[index]
+        rn = self.modules["residual_normalizer"].set(Normalizer.fit(resid, self.layout))
+        return rn.transform(resid, torch.float32)
+
+    def _mean_for(self, datasets: list[Dataset]) -> torch.Tensor | None:
+        """The ridge prediction (standardized weights) for each dataset, or None without a mean model."""
+        if self.config.mean_model == "none":
+            return None
+        k = int(self.fit_info["num_classes"]) if self.fit_info["task"] == "classification" else 0
+        return self.modules["mean"](torch.stack([dataset_statistics(d.x_train, d.y_train, k) for d in datasets]))
+
+    def _to_weights(self, x: torch.Tensor, mean: torch.Tensor | None) -> torch.Tensor:
+        """Autoencoder outputs [n, P] (+ ridge mean [n, P]) -> weights in the layout's dtype."""
+        if mean is not None:
+            x = self.modules["residual_normalizer"].normalizer(self.layout).inverse(x, torch.float32) + mean
+        return self.modules["normalizer"].normalizer(self.layout).inverse(x)
+
+    def _train_vae(self, vae: WeightVAE, x: torch.Tensor, g: torch.Generator, progress) -> float:
+        c = self.config
+        if c.ae_steps == 0:
+            return float("nan")
+        opt = torch.optim.AdamW(vae.parameters(), lr=c.ae_lr, weight_decay=0.0)
+        sched = warmup_cosine(opt, c.ae_steps)
+        vae.train()
+        bs = min(c.batch_size, len(x))
+        ema = None
+        for step in range(c.ae_steps):
+            idx = torch.randint(len(x), (bs,), generator=g)
+            loss, parts = vae.loss(x[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            ema = parts["mse"] if ema is None else 0.98 * ema + 0.02 * parts["mse"]
+            if progress and (step + 1) % 50 == 0:
+                progress(50, info=f"autoencoder mse {ema:.4f}")
+        if progress and c.ae_steps % 50:
+            progress(c.ae_steps % 50)
+        return float(ema)
+
+    def _contexts(self, datasets: list[Dataset]):
+        """All datasets' training samples, and a [D, K, max_n] table of sample indices per class."""
+        k = int(self.fit_info["num_classes"]) if self.fit_info["task"] == "classification" else 0
+        xs, ys, offs = [], [], [0]
+        for d in datasets:
+            xs.append(d.x_train.reshape(len(d.x_train), -1).to(torch.float32))
+            ys.append(d.y_train)
+            offs.append(offs[-1] + len(d.x_train))
+        x_all, y_all = torch.cat(xs), torch.cat(ys)
+        slots = max(1, k)
+        per = [[(torch.nonzero(ys[i] == c).flatten() + offs[i]) if k else (torch.arange(len(ys[i])) + offs[i])
+                for c in range(slots)] for i in range(len(datasets))]
+        max_n = max(1, max(len(p) for row in per for p in row))
+        table = torch.zeros(len(datasets), slots, max_n, dtype=torch.long)
+        counts = torch.zeros(len(datasets), slots, dtype=torch.long)
+        for i, row in enumerate(per):
+            for c_, p in enumerate(row):
+                table[i, c_, :len(p)] = p
+                counts[i, c_] = len(p)
+        return x_all, y_all, table, counts
+
+    def _train_denoiser(self, z, datasets, index, metrics, g, progress) -> float:
+        c = self.config
+        if c.steps == 0:
+            return float("nan")
+        cond, den = self.modules["conditioner"], self.modules["denoiser"]
+        metric_names = sorted(metrics)
+        mvals = torch.stack([metrics[m] for m in metric_names], 1) if metric_names else None
+        if mvals is not None:
+            cond.metric_mean.copy_(mvals.mean(0))
+            cond.metric_std.copy_(mvals.std(0).clamp_min(1e-3) if len(mvals) > 1 else torch.ones(mvals.shape[1]))
+        x_all, y_all, table, counts = self._contexts(datasets)
+        # each dataset's mean latent: what the embedding is aligned to (D2NWG aligns its dataset encoder to the weights)
+        zbar = torch.zeros(len(datasets), z.shape[1]).index_add_(0, index, z)
+        zbar /= torch.bincount(index, minlength=len(datasets)).clamp_min(1)[:, None].to(z.dtype)
+        scheduler = self._ddpm()
+        params = list(cond.parameters()) + list(den.parameters())
+        opt = torch.optim.AdamW(params, lr=c.lr, weight_decay=c.weight_decay)
+        sched = warmup_cosine(opt, c.steps)
+        shadow = [p.detach().clone() for p in params]
+        cond.train()
+        den.train()
+        bs = min(c.batch_size, len(z))
+        m = c.max_per_class
+        ema = None
+        for step in range(c.steps):
+            idx = torch.randint(len(z), (bs,), generator=g)
+            rows = index[idx]
+            uniq, inv = torch.unique(rows, return_inverse=True)
+            # fresh context subset per dataset (with replacement): m samples per class
+            cnt = counts[uniq]  # [U, K]
+            r = (torch.rand(len(uniq), cnt.shape[1], m, generator=g) * cnt[:, :, None]).long()
+            sample_ids = torch.gather(table[uniq], 2, r).reshape(-1)
+            set_index = torch.arange(len(uniq)).repeat_interleave(cnt.shape[1] * m)
+            emb_u = cond.set_encoder(x_all[sample_ids], y_all[sample_ids], set_index, len(uniq))
+            emb = emb_u[inv]
+            drop_ds = torch.rand(bs, generator=g) < c.cond_drop
+            mv = mvals[idx] if mvals is not None else None
+            drop_m = torch.rand(bs, generator=g) < c.metric_drop if mvals is not None else None
+            cvec = cond.combine(emb, drop_ds, mv, drop_m)
+            z0 = z[idx]
+            noise = torch.randn(z0.shape, generator=g)
+            t = torch.randint(0, c.num_train_timesteps, (bs,), generator=g)
+            zt = scheduler.add_noise(z0, noise, t)
+            pred = den(zt, t, cvec)
+            if c.prediction_type == "epsilon":
+                target = noise
+            elif c.prediction_type == "sample":
+                target = z0
+            else:
+                target = scheduler.get_velocity(z0, noise, t)
+            loss = F.mse_loss(pred, target)
+            if c.align_weight > 0:
+                loss = loss + c.align_weight * F.mse_loss(cond.align(emb_u), zbar[uniq])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            sched.step()
+            with torch.no_grad():
+                torch._foreach_lerp_(shadow, params, 1.0 - min(c.ema_decay, (1.0 + step) / (10.0 + step)))
+            ema = float(loss.detach()) if ema is None else 0.98 * ema + 0.02 * float(loss.detach())
+            if progress and (step + 1) % 50 == 0:
+                progress(50, info=f"diffusion loss {ema:.4f}")
+        if progress and c.steps % 50:
+            progress(c.steps % 50)
+        with torch.no_grad():  # sample with the exponential moving average of the weights
+            for p, q in zip(params, shadow):
+                p.copy_(q)
+        return float(ema)
+
+    # ----- sampling --------------------------------------------------------------------------
+    @torch.no_grad()
+    def embed(self, dataset: Dataset) -> torch.Tensor:
+        """The set-encoder embedding [cond_dim] of a dataset, from (at most context_per_class per class of) its train split."""
+        c = self.config
+        cond = self.modules["conditioner"]
+        x, y = dataset.x_train, dataset.y_train
+        cond.set_encoder.check(x, y, f"dataset {dataset.name!r}")
+        k = cond.set_encoder.num_classes
+        if k:
+            keep = torch.cat([torch.nonzero(y == cl).flatten()[:c.context_per_class] for cl in range(k)])
+        else:
+            keep = torch.arange(min(len(x), c.context_per_class))
+        if len(keep) == 0:
+            raise UserError(f"dataset {dataset.name!r} has no training samples", "give a dataset with a non-empty train split")
+        return cond.set_encoder(x[keep].reshape(len(keep), -1), y[keep])[0]
+
+    @torch.no_grad()
+    def _sample(self, n: int, dataset: Dataset, target: dict[str, float], seed: int) -> torch.Tensor:
+        c = self.config
+        cond, den, vae = self.modules["conditioner"], self.modules["denoiser"], self.modules["vae"]
+        lat = self.modules["latent"]
+        emb = self.embed(dataset).expand(n, -1)
+        keep = torch.zeros(n, dtype=torch.bool)
+        mv = None
+        if target:
+            names = self.fit_info.get("metrics", [])
+            missing = [k for k in names if k not in target]
+            if missing:
+                raise UserError(f"target gives {sorted(target)} but the generator conditions on {names} together",
+                                f"give all of {names}")
+            mv = torch.tensor([[float(target[k]) for k in names]]).expand(n, -1)
+        cvec = cond.combine(emb, keep, mv, keep if mv is not None else None)
+        if c.guidance != 1.0:
+            uvec = cond.combine(emb, ~keep, None, None)
+        g = torch.Generator().manual_seed(int(seed))
+        zt = torch.randn(n, c.latent_dim, generator=g)
+        ddim = self._ddim()
+        ddim.set_timesteps(c.sample_steps)
+        for t in ddim.timesteps:
+            tt = torch.full((n,), int(t), dtype=torch.long)
+            pred = den(zt, tt, cvec)
+            if c.guidance != 1.0:
+                upred = den(zt, tt, uvec)
+                pred = upred + c.guidance * (pred - upred)
+            zt = ddim.step(pred, int(t), zt, eta=0.0).prev_sample
+        mean = self._mean_for([dataset])
+        w = self._to_weights(vae.decode(zt * lat.std + lat.mean), None if mean is None else mean.expand(n, -1))
+        return w.contiguous()

@@ -1,0 +1,123 @@
+"""`wsl generate fit | sample | eval`: the happy path on a tiny zoo, and every bad input exits 2 writing nothing."""
+import json
+
+import pytest
+
+from store.store import ZooStore
+
+TASKS = ["digits-pair:0-1", "digits-pair:0-2", "digits-pair:1-2"]
+TINY_SET = ["--set", "latent_dim=4", "--set", "ae_hidden=16", "--set", "denoiser_hidden=16", "--set", "denoiser_depth=1",
+            "--set", "set_hidden=8", "--set", "cond_dim=8", "--set", "batch_size=8", "--set", "sample_steps=5",
+            "--steps", "20", "--ae-steps", "20"]
+
+
+def _zoo(path, width):
+    import zoo
+
+    spec = {"name": f"tiny-w{width}", "dataset": TASKS, "epochs": 2, "batch_size": 64, "seeds": 2,
+            "architecture": {"name": "mlp", "width": width, "depth": 1}, "optimizer": {"name": "adam", "lr": 0.01},
+            "checkpoints": {"epochs": [2]}}
+    zoo.train(spec, ZooStore(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli-gen")
+    return _zoo(root / "w4", 4), _zoo(root / "w5", 5)
+
+
+@pytest.fixture(scope="module")
+def gen_dir(stores, tmp_path_factory):
+    from cli.main import main
+
+    out = tmp_path_factory.mktemp("g") / "gen"
+    code = main(["generate", "fit", "--store", str(stores[0]), "--where", "dataset <> 'digits-pair:1-2'",
+                 "--out", str(out), "--format", "json", *TINY_SET])
+    assert code == 0
+    return out
+
+
+def test_fit_sample_eval(run_cli, stores, gen_dir, tmp_path):
+    assert (gen_dir / "config.json").is_file() and (gen_dir / "model.safetensors").is_file()
+    cfg = json.loads((gen_dir / "config.json").read_text())
+    assert cfg["fit"]["num_train"] == 4 and cfg["fit"]["metrics"] == ["test_acc"]
+
+    code, out, err = run_cli("generate", "sample", gen_dir, "--store", stores[0], "--dataset", "digits-pair:1-2",
+                             "-n", "5", "--target-acc", "1.0", "--format", "json")
+    assert code == 0, err
+    s = json.loads(out)
+    assert s["n"] == 5 and s["written"] == 5 and s["seen"] is False and 0 <= s["mean"] <= 1
+    n_samples = ZooStore(stores[0]).count("samples")
+    code, out, _ = run_cli("generate", "sample", gen_dir, "--store", stores[0], "--dataset", "digits-pair:1-2",
+                           "-n", "5", "--target-acc", "1.0", "--format", "json")
+    assert code == 0 and json.loads(out)["written"] == 0 and ZooStore(stores[0]).count("samples") == n_samples
+
+    rep_dir = tmp_path / "rep"
+    code, out, err = run_cli("generate", "eval", gen_dir, "--store", stores[0], "-d", "digits-pair:0-1",
+                             "-d", "digits-pair:1-2", "-n", "4", "--finetune-models", "2", "--out", rep_dir,
+                             "--format", "json")
+    assert code == 0, err
+    r = json.loads(out)
+    assert set(r["summary"]) == {"seen", "unseen"} and r["written"]["generators"] == 1
+    assert (rep_dir / "report.json").is_file() and (rep_dir / "novelty.png").is_file()
+    code, out, err = run_cli("generate", "eval", gen_dir, "--store", stores[0], "-n", "4", "--finetune-models", "0",
+                             "--no-baselines", "--out", tmp_path / "rep2", "--format", "json")
+    assert code == 0, err
+    r = json.loads(out)  # default conditions: every dataset of the store's zoo with this layout
+    assert sorted({row["condition"] for row in r["rows"]}) == TASKS and r["written"]["generators"] == 0
+    assert {row["kind"] for row in r["rows"]} == {"generated", "zoo"}
+
+
+@pytest.mark.parametrize("args, message", [
+    (["-n", "0"], "n >= 1"),
+    (["-n", "-3"], "n >= 1"),
+    (["--dataset", "digits"], "10 classes"),
+    (["--dataset", "mnist1d-pair:0-1"], "inputs of shape"),
+    (["--target-acc", "1.5"], "outside [0, 1]"),
+])
+def test_sample_bad_input(run_cli, stores, gen_dir, args, message):
+    before = ZooStore(stores[0]).count("samples")
+    base = ["generate", "sample", gen_dir, "--store", stores[0]]
+    if "--dataset" not in args:
+        base += ["--dataset", "digits-pair:0-1"]
+    code, out, err = run_cli(*base, *args)
+    assert code == 2 and message in err and "Traceback" not in err
+    assert ZooStore(stores[0]).count("samples") == before
+
+
+def test_generator_of_another_layout(run_cli, stores, gen_dir, tmp_path):
+    code, _, err = run_cli("generate", "sample", gen_dir, "--store", stores[1], "--dataset", "digits-pair:0-1")
+    assert code == 2 and "layout" in err and ZooStore(stores[1]).count("samples") == 0
+    code, _, err = run_cli("generate", "eval", gen_dir, "--store", stores[1], "-d", "digits-pair:0-1", "--out", tmp_path / "r")
+    assert code == 2 and "layout" in err and not (tmp_path / "r").exists()
+    # fitting a width-5 generator into a directory that holds the width-4 one
+    code, _, err = run_cli("generate", "fit", "--store", stores[1], "--out", gen_dir, *TINY_SET)
+    assert code == 2 and "holds a generator of layout" in err
+    assert json.loads((gen_dir / "config.json").read_text())["layout"]["params"][0][1] == [4, 64]
+
+
+def test_fit_bad_input(run_cli, stores, tmp_path):
+    out = tmp_path / "g"
+    for args, message in [
+        (["--where", "dataset = 'digits-pair:7-8'"], "matches no checkpoints"),
+        (["--where", "no_such_column > 1"], "no_such_column"),
+        (["--method", "vqar"], "not implemented yet"),
+        (["--method", "gan"], "unknown generator method"),
+        (["--set", "latent_size=3"], "no option"),
+        (["--set", "oops"], "KEY=VALUE"),
+        (["--metric", "nope"], "metric 'nope'"),
+    ]:
+        code, _, err = run_cli("generate", "fit", "--store", stores[0], "--out", out, *args)
+        assert code == 2 and message in err, (args, err)
+        assert not out.exists()
+    code, _, err = run_cli("generate", "fit", "--store", tmp_path / "no-store", "--out", out)
+    assert code == 2 and not out.exists()
+
+
+def test_missing_generator_dir(run_cli, stores, tmp_path):
+    code, _, err = run_cli("generate", "sample", tmp_path / "nope", "--store", stores[0], "--dataset", "digits-pair:0-1")
+    assert code == 2 and "does not exist" in err
+    (tmp_path / "empty").mkdir()
+    code, _, err = run_cli("generate", "eval", tmp_path / "empty", "--store", stores[0])
+    assert code == 2 and "not a generator directory" in err

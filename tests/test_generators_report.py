@@ -1,0 +1,107 @@
+"""Generators on a store: fit from SQL, the report (accuracy, novelty, baselines, fine-tuning), the samples table."""
+import json
+import math
+
+import pytest
+import torch
+
+from generators import LatentDiffusion
+from generators.baselines import baselines
+from generators.novelty import iou_matrix, iou_stats, nearest_l2
+from generators.report import evaluate_generator, record
+from store.errors import UserError
+from store.store import ZooStore
+
+TINY = dict(latent_dim=4, ae_hidden=16, ae_steps=20, steps=20, denoiser_hidden=16, denoiser_depth=1, set_hidden=8,
+            cond_dim=8, batch_size=8, max_per_class=8, sample_steps=5)
+TASKS = ["digits-pair:0-1", "digits-pair:0-2", "digits-pair:1-2", "digits-pair:3-5"]
+TINY_ZOO = {"name": "tiny-pairs", "dataset": TASKS, "epochs": 3, "batch_size": 64, "seeds": 2,
+            "architecture": {"name": "mlp", "width": 4, "depth": 1}, "optimizer": {"name": "adam", "lr": 0.01},
+            "checkpoints": {"epochs": [3]}}
+
+
+@pytest.fixture(scope="module")
+def zoo_store(tmp_path_factory):
+    import zoo
+
+    path = tmp_path_factory.mktemp("gen") / "store"
+    zoo.train(TINY_ZOO, ZooStore(path))
+    return path
+
+
+def test_fit_from_store_with_sql(zoo_store):
+    st = ZooStore(zoo_store, create=False)
+    gen = LatentDiffusion.fit(st, "dataset <> 'digits-pair:3-5' AND checkpoints.epoch = 3", metric="test_acc", **TINY)
+    assert gen.fit_info["num_train"] == 6 and gen.fit_info["aligned_groups"] == 2
+    assert set(gen.fit_info["conditions"]) == set(TASKS[:3]) and gen.fit_info["metrics"] == ["test_acc"]
+    assert gen.fit_info["where"].startswith("dataset <>")
+    w, layout = gen.sample(3, "digits-pair:3-5")
+    assert layout.layout_id == st.sql("SELECT DISTINCT layout_id FROM checkpoints")["layout_id"][0]
+    with pytest.raises(UserError, match="matches no checkpoints"):
+        LatentDiffusion.fit(st, "dataset = 'digits-pair:7-8'", **TINY)
+    with pytest.raises(UserError, match="metric 'nope'"):
+        LatentDiffusion.fit(st, None, metric="nope", **TINY)
+    with pytest.raises(UserError):
+        LatentDiffusion.fit(st, "no_such_column = 1", **TINY)
+
+
+def test_report_and_samples_table(zoo_store, tmp_path):
+    st = ZooStore(zoo_store)
+    gen = LatentDiffusion.fit(st, "dataset <> 'digits-pair:3-5'", metric="test_acc", **TINY)
+    gen.save_pretrained(tmp_path / "gen")
+    rep = evaluate_generator(gen, ["digits-pair:0-1", "digits-pair:3-5"], store=st, n=6, seed=1,
+                             target={"test_acc": 1.0}, finetune_n=2, finetune_steps=(0, 1, 2))
+    seen, unseen = rep.conditions
+    assert seen.seen and not unseen.seen and seen.condition == "digits-pair:0-1|test_acc=1"
+    for c in rep.conditions:
+        assert set(c.accuracy) == {"generated", "zoo", "noise-0.06", "noise-0.12", "avg16", "gaussfit"}
+        g = c.accuracy["generated"]
+        assert g["n"] == 6 and g["min"] <= g["median"] <= g["best"] and c.accuracy["zoo"]["n"] == 2
+        assert set(c.novelty) == {"generated", "noise-0.06", "noise-0.12", "avg16", "gaussfit"}
+        assert c.novelty["generated"]["nn_l2_mean"] > 0
+        assert c.finetune["steps"] == [0, 1, 2] and len(c.finetune["random_init"]["mean"]) == 3
+    s = rep.summary()
+    assert set(s) == {"seen", "unseen"} and "generated_mean_acc" in s["unseen"] and "zoo_mean_acc" in s["seen"]
+    out = rep.save(tmp_path / "report")
+    assert {p.name for p in out.iterdir()} == {"report.json", "accuracy.png", "novelty.png", "finetune.png"}
+    assert json.loads((out / "report.json").read_text())["summary"]["seen"]["conditions"] == 1
+
+    written = record(st, gen, rep, tmp_path / "gen")
+    assert written == {"samples": 2 * 5 * 6, "generators": 1}
+    df = st.sql("SELECT kind, count(*) AS n, avg(test_acc) AS acc FROM samples GROUP BY kind ORDER BY kind")
+    assert dict(zip(df.kind, df.n)) == {"avg16": 12, "gaussfit": 12, "generated": 12, "noise-0.06": 12, "noise-0.12": 12}
+    row = st.sql("SELECT * FROM generators")
+    assert row.generator_id[0] == gen.generator_id and json.loads(row.report[0])["n"] == 6
+    w, meta = st.weights("SELECT sample_id FROM samples WHERE kind = 'generated' ORDER BY sample_id", table="samples")
+    assert w.shape == (12, gen.layout.num_params)
+    assert record(st, gen, rep, tmp_path / "gen") == {"samples": 0, "generators": 0}  # idempotent
+
+
+def test_iou_and_nearest_l2():
+    a = torch.tensor([[1, 1, 0, 0], [0, 0, 0, 0]], dtype=torch.bool)
+    b = torch.tensor([[1, 0, 0, 0], [0, 0, 0, 0]], dtype=torch.bool)
+    m = iou_matrix(a, b)
+    assert m[0, 0] == 0.5 and m[0, 1] == 0 and m[1, 0] == 0 and math.isnan(m[1, 1])
+    s = iou_stats(a, b)
+    assert s["iou_orig_gen"] == pytest.approx(1 / 6) and s["iou_pairs_defined"] == 0.75
+    assert s["iou_max_orig_gen"] == 0.25  # per candidate: max(0.5, 0) and max(0, undefined), averaged
+    d = nearest_l2(torch.tensor([[0.0, 0.0], [3.0, 4.0]]), torch.tensor([[0.0, 1.0], [3.0, 4.0]]))
+    assert torch.allclose(d, torch.tensor([1.0, 0.0], dtype=torch.float64))
+
+
+def test_baselines_are_seeded_and_scaled():
+    from wsl import ParamLayout
+
+    layout = ParamLayout([("w", (20, 19)), ("b", (20,))])
+    g = torch.Generator().manual_seed(0)
+    ref = torch.randn(5, 400, generator=g)
+    a = baselines(ref, layout, 8, seed=3)
+    b = baselines(ref, layout, 8, seed=3)
+    assert set(a) == {"noise-0.06", "noise-0.12", "avg16", "gaussfit"}
+    assert all(torch.equal(a[k], b[k]) and a[k].shape == (8, 400) for k in a)
+    # relative amplitude: the 0.12 noise is about twice as far from its source checkpoint as the 0.06 noise
+    d6 = nearest_l2(a["noise-0.06"], ref).mean()
+    d12 = nearest_l2(a["noise-0.12"], ref).mean()
+    assert 1.8 < float(d12 / d6) < 2.2 and 0.05 < float(d6 / ref.norm(dim=1).mean()) < 0.07
+    with pytest.raises(UserError):
+        baselines(torch.empty(0, 400), layout, 8)
