@@ -44,6 +44,30 @@ Batches = Sequence[tuple[torch.Tensor, torch.Tensor]]
 EIG_SEED_OFFSET = 1_000_003
 
 
+# Largest activation of one (models x samples) tile of the retained graph: about an L2 cache.
+# The products are dominated by elementwise passes over the graph's tensors, so a tile that
+# stays in cache is what makes them fast (measured: 64 width-16 MLPs x 1024 samples, 16 models
+# per tile beat 64 by ~1.4x; width 64: 4 per tile beat 32 by ~1.3x).
+TILE_BYTES = 1 << 20
+MAX_GRAPH_SAMPLES = 1024
+
+
+def plan_tiles(layout: ParamLayout, n_models: int, n_samples: int) -> tuple[int, int]:
+    """(models per cohort, samples per retained graph) for the Hessian of n_models on n_samples."""
+    from wsl.evaluate import activation_floats
+
+    b = max(1, min(n_samples, MAX_GRAPH_SAMPLES))
+    per_model = activation_floats(layout) * 4 * b
+    return max(1, min(n_models, TILE_BYTES // max(1, per_model))), b
+
+
+def regroup(batches: Batches, size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The same samples in batches of `size` (the mean loss over all samples does not change)."""
+    x = torch.cat([bx for bx, _ in batches])
+    y = torch.cat([by for _, by in batches])
+    return [(x[i:i + size], y[i:i + size]) for i in range(0, len(x), size)]
+
+
 class PopulationHessian:
     """H_i v_i for every model i of a population, on fixed data (the mean loss over `batches`)."""
 
@@ -156,17 +180,24 @@ def hutchinson_trace(hess: PopulationHessian, probes: int = 32, seeds: Sequence[
 
 def hessian_metrics(layout: ParamLayout, weights: torch.Tensor, batches: Batches, *, task: str = "classification",
                     iterations: int = 20, probes: int = 32, seeds: Sequence[int] | None = None,
-                    chunk: int = 256, method: str = "autograd",
+                    chunk: int | None = None, method: str = "autograd",
                     progress: Callable[[int], None] | None = None) -> dict[str, torch.Tensor]:
-    """Top eigenvalue, trace, loss and accuracy of every model ([N] each), `chunk` models per cohort.
+    """Top eigenvalue, trace, loss and accuracy of every model ([N] each).
 
-    seeds[i] seeds model i's probes and start vector (default: i).
+    seeds[i] seeds model i's probes and start vector (default: i). Models go
+    through in cohorts of `chunk` (default: planned so a tile stays in cache,
+    `plan_tiles`), the samples in retained graphs of up to 1,024; neither
+    changes the values, only the speed.
     """
     N = weights.shape[0]
     seeds = list(range(N)) if seeds is None else [int(s) for s in seeds]
+    n_samples = sum(len(x) for x, _ in batches)
+    planned, per_graph = plan_tiles(layout, N, n_samples)
+    chunk = max(1, int(chunk)) if chunk else planned
+    batches = regroup(batches, per_graph)
     parts: dict[str, list[torch.Tensor]] = {"hessian_top_eig": [], "hessian_trace": [], "train_loss": [], "train_acc": []}
-    for lo in range(0, N, max(1, int(chunk))):
-        hi = min(N, lo + max(1, int(chunk)))
+    for lo in range(0, N, chunk):
+        hi = min(N, lo + chunk)
         hess = PopulationHessian(layout, weights[lo:hi], batches, task, method)
         parts["hessian_top_eig"].append(top_eigenvalue(hess, iterations, seeds[lo:hi]))
         parts["hessian_trace"].append(hutchinson_trace(hess, probes, seeds[lo:hi]))

@@ -166,7 +166,7 @@ def _dataset_for(store, name: str, dataset_id: str | None):
 
 def compute_landscape(store, where: str | None = None, epoch: int | None = None, recipe: Recipe | None = None,
                       thresholds: Thresholds | None = None, progress: Progress | None = None,
-                      chunk: int = 32, pair_chunk: int = 256) -> LandscapeSummary:
+                      chunk: int | None = None, pair_chunk: int = 256) -> LandscapeSummary:
     """Compute and append landscape rows for the selected models; see the module docstring."""
     t0 = time.perf_counter()
     recipe = recipe or Recipe()
@@ -331,8 +331,9 @@ def _pair_cka(layout, W: torch.Tensor, pairs, members, batches, chunk: int) -> t
     with torch.no_grad():
         for x, _ in batches:
             logits, hidden = [], []
-            for lo in range(0, len(order), max(1, chunk)):
-                w = W[order[lo:lo + chunk]]
+            step = max(1, chunk or 64)
+            for lo in range(0, len(order), step):
+                w = W[order[lo:lo + step]]
                 params = layout.unflatten(w)
                 hidden.append(population_forward(layout, params, x, features=True))
                 logits.append(population_forward(layout, params, x))
