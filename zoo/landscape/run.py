@@ -207,8 +207,14 @@ def compute_landscape(store, where: str | None = None, epoch: int | None = None,
                 work.append(extra.assign(target=False))
     allck = pd.concat(work, ignore_index=True)
     allck["dataset_id"] = [d if isinstance(d, str) else "" for d in allck["dataset_id"]]
-    advance = progress or (lambda a, info, total=None: None)
-    advance(0, "loading", total=int(len(targets)))
+    report = progress or (lambda a, info, total=None: None)
+    done_so_far = [0.0]
+
+    def advance(a: float, info: str) -> None:
+        done_so_far[0] += a
+        report(a, info)
+
+    report(0, "loading", total=int(len(targets)))
     # check every group's layout and dataset before computing anything: a bad one writes nothing
     layouts = {lid: store.layout(lid) for lid in allck["layout_id"].unique()}
     datasets = {(n, d): _dataset_for(store, n, d or None) for n, d in allck[["dataset", "dataset_id"]].drop_duplicates().itertuples(index=False)}
@@ -289,6 +295,7 @@ def compute_landscape(store, where: str | None = None, epoch: int | None = None,
             rows.append(row)
         store.append("landscape", rows)  # one part per group: a crash keeps the groups already done
         summary.computed += len(rows)
+        advance(summary.computed - done_so_far[0], label)  # whole models done: no rounding left over
         for r_ in rows:
             key = r_["phase"] or "unlabelled"
             summary.phases[key] = summary.phases.get(key, 0) + 1
