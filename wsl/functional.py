@@ -379,11 +379,6 @@ def _cnn2d(layout, cfg, params, x, shared, train, masks, features, batch_last):
         return F.max_pool2d(h, 2) if pooling == "max" else F.avg_pool2d(h, 2)
 
     h, B = _stacked_input(x, shared, 2)
-    if not shared and h.device.type == "cpu":
-        # per-model batches (training): on CPU, grouped convs + max_pool2d over many channels of tiny maps
-        # run ~2x faster fwd+bwd in channels-last (NCHW max_pool2d alone cost as much as the convs);
-        # the shared-input path (evaluation) is faster in NCHW, so it stays as it is
-        h = h.contiguous(memory_format=torch.channels_last)
     h = _conv_stack(params, "convs", h, shared, N, act, pool, dims=2, stride=1, padding=k // 2)
     h = h.reshape(B, N, -1).transpose(0, 1)  # [N, B, F]
     h = drop(0, h)
