@@ -35,7 +35,7 @@ def take(nbytes: int) -> np.ndarray:
             fits = [b for b in _IDLE if nbytes <= b.nbytes <= 2 * nbytes]
             if fits:
                 buf = min(fits, key=lambda b: b.nbytes)
-                _IDLE.remove(buf)
+                del _IDLE[next(i for i, b in enumerate(_IDLE) if b is buf)]  # by identity: == compares arrays
                 return buf
     return np.empty(max(nbytes, 1), dtype=np.uint8)
 

@@ -46,7 +46,7 @@ def test_debug_shows_the_traceback():
 def test_describe_dataset_and_layout_as_json(run_cli):
     code, out, _ = run_cli("datasets", "digits-pair:3-5", "--format", "json")
     d = json.loads(out)
-    assert code == 0 and d["num_classes"] == 2 and d["input_shape"] == [1, 8, 8]
+    assert code == 0 and d["num_classes"] == 2 and json.loads(d["input_shape"]) == [1, 8, 8]
     code, out, _ = run_cli("layout", '{"name": "mlp", "width": 4, "depth": 1}', "--format", "json")
     d = json.loads(out)
     assert code == 0 and d["num_params"] == 64 * 4 + 4 + 4 * 10 + 10 and len(d["layout_id"]) == 16

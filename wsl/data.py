@@ -77,7 +77,7 @@ class Dataset:
             "name": self.name,
             "task": self.task,
             "num_classes": int(self.num_classes),
-            "input_shape": list(self.input_shape),
+            "input_shape": json.dumps(list(self.input_shape)),  # JSON text, as the datasets table stores it
             "output_dim": int(self.output_dim),
             "n_train": int(len(self.x_train)),
             "n_test": int(len(self.x_test)),

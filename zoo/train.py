@@ -218,10 +218,7 @@ def train(spec: ZooSpec | str | Path | Mapping[str, Any], store: Any, backend: s
         key = (r["dataset"], r["data_seed"])
         if key not in seen:
             seen.add(key)
-            d = load_dataset(r["dataset"], r["data_seed"]).descriptor()
-            if not isinstance(d["input_shape"], str):  # the table stores it as JSON (store/schema.py)
-                d["input_shape"] = json.dumps(list(d["input_shape"]))
-            ds_rows.append(d)
+            ds_rows.append(load_dataset(r["dataset"], r["data_seed"]).descriptor())
     store.append("datasets", ds_rows)
     cohorts = group_cohorts(pending, {m: e for m, e in resume.items()}, cohort_size or spec.cohort_size)
     jobs = [{"rows": c, "start_epoch": resume.get(c[0]["model_id"], -1)} for c in cohorts]
