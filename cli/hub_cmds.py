@@ -1,6 +1,115 @@
-"""(commands are added here by their issue)"""
+"""`wsl publish` and `wsl pull`: a zoo store to a Hugging Face Hub dataset and back (store/hub.py does the work).
+
+    wsl publish --repo-id my-lab/digits-zoo [--where "lr > 0.01"] [--tables models,checkpoints] [--private]
+    wsl publish --dry-run zoo-hub            # writes the repo's folder (card + Parquet shards), uploads nothing
+    wsl pull my-lab/digits-zoo --store zoo [--weights] [--tables models,landscape] [--revision v1]
+"""
+from __future__ import annotations
+
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import List, Optional
+
 import typer
+
+from cli import common
+
+
+def _human(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return str(n)  # pragma: no cover
+
+
+@contextmanager
+def _lazy_bar(description: str):
+    """store.hub's progress callback (rows done, rows in all, table) drawing the shared rich bar.
+
+    The bar appears on the first rows written, so an error before that stays one line.
+    """
+    with ExitStack() as stack:
+        update = None
+
+        def progress(rows: int, total: int, table: str) -> None:
+            nonlocal update
+            if update is None:
+                update = stack.enter_context(common.progress_bar(description, total=total or None, unit="rows"))
+            update(advance=rows, info=table)
+
+        yield progress
+
+
+def publish(
+    repo_id: Optional[str] = typer.Option(None, "--repo-id", help="Dataset repo ORG/NAME (optional with --dry-run)."),
+    store: Optional[Path] = common.StoreOption,
+    private: bool = typer.Option(False, "--private", help="Create the repo private (an existing repo keeps its visibility)."),
+    where: Optional[str] = typer.Option(None, "--where", help='Publish only the models matching this SQL filter over models, e.g. "lr > 0.01", and the rows that depend on them.'),
+    tables: Optional[List[str]] = typer.Option(None, "--tables", help="Tables to publish, comma-separated or repeated (default: every non-empty one)."),
+    dry_run: Optional[Path] = typer.Option(None, "--dry-run", help="Write the repo's folder (README card + Parquet shards) to this new directory; upload nothing."),
+    license: str = typer.Option("cc-by-4.0", "--license", help="License id for the dataset card (Hub license ids: cc-by-4.0, mit, apache-2.0, ...)."),
+    fmt: str = common.FormatOption,
+) -> None:
+    """Publish the zoo store as a Hugging Face Hub dataset: Parquet shards per table plus a dataset card.
+
+    The token comes from HF_TOKEN or `hf auth login`; it is never printed or written.
+    """
+    from store import hub
+    from store.store import ZooStore
+
+    common.check_format(fmt)
+    zs = ZooStore(common.store_path(store), create=False)
+    with _lazy_bar("writing shards") as progress:
+        report = hub.publish(zs, repo_id, where=where, tables=tables, private=private, license=license,
+                             dry_run=dry_run, progress=progress)
+    rows = [{k: (_human(v) if k == "bytes" else v) for k, v in r.items()} for r in report.rows()]
+    if fmt == "json":
+        common.emit({"published": report.published, "repo_id": report.repo_id, "url": report.url,
+                     "license": report.build.manifest["license"],
+                     "folder": str(dry_run) if dry_run is not None else None, "method": report.method,
+                     "bytes": report.bytes, "files": report.num_files, "tables": report.rows(),
+                     "notes": report.build.notes}, "json")
+        return
+    common.emit(rows, fmt, title="dataset folder" if dry_run is not None else f"published {report.repo_id}")
+    for note in report.build.notes:
+        typer.echo(f"note: {note}", err=True)
+    typer.echo(f"license: {report.build.manifest['license']} (choose another with --license)")
+    if report.published:
+        typer.echo(f"published {report.repo_id}: {report.url} ({report.num_files} files, {_human(report.bytes)}, "
+                   f"{report.method})")
+        typer.echo(f"load it: datasets.load_dataset(\"{report.repo_id}\", \"models\") or `wsl pull {report.repo_id}`")
+    else:
+        typer.echo(f"dry run: wrote {dry_run} ({report.num_files} files, {_human(report.bytes)}); nothing uploaded")
+        typer.echo(f"load it: datasets.load_dataset(\"{dry_run}\", \"models\"), or `wsl pull {dry_run} --store DIR`")
+
+
+def pull(
+    source: str = typer.Argument(..., help="Dataset repo ORG/NAME on the Hub, or a local folder written by `wsl publish --dry-run`."),
+    store: Optional[Path] = common.StoreOption,
+    tables: Optional[List[str]] = typer.Option(None, "--tables", help="Tables to pull, comma-separated or repeated (default: all published)."),
+    weights: bool = typer.Option(False, "--weights/--no-weights", help="Also pull the weights tables (checkpoints, optimizer_states, samples); default: metadata only."),
+    revision: Optional[str] = typer.Option(None, "--revision", help="Branch, tag or commit of the repo (default: main)."),
+    fmt: str = common.FormatOption,
+) -> None:
+    """Download a published zoo into a store that `wsl query` opens (metadata first; weights with --weights)."""
+    from store import hub
+
+    common.check_format(fmt)
+    path = common.store_path(store)
+    with _lazy_bar("importing") as progress:
+        report = hub.pull(source, path, tables=tables, weights=weights, revision=revision, progress=progress)
+    if fmt == "json":
+        common.emit({"source": report.source, "store": str(report.store), "tables": report.tables,
+                     "skipped": report.skipped}, "json")
+        return
+    common.emit(report.rows(), fmt, title=f"pulled {source} into {report.store}")
+    new = sum(t["new"] for t in report.tables.values())
+    typer.echo(f"{new} new rows in {report.store}; query it: wsl query \"SELECT * FROM models LIMIT 5\" --store {report.store}")
+    if report.skipped:
+        typer.echo(f"skipped {', '.join(report.skipped)}: add --weights to pull them", err=True)
 
 
 def register(app: typer.Typer) -> None:
-    return None
+    app.command("publish")(publish)
+    app.command("pull")(pull)
