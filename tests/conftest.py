@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import os
 
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the CLI does (cli/__init__.py), before torch loads
+
 import pytest
 import torch
 
