@@ -215,20 +215,25 @@ class WeightGenerator:
                 datasets.append(resolve_dataset(c.dataset, c.split_seed))
             index.append(names[key])
         weights = weights.to(torch.float32)
+        labels: list[str] = []
+        group_index = torch.zeros(n, dtype=torch.long)
         if groups is not None:
-            groups = list(groups)
+            groups = [str(g) for g in groups]
             if len(groups) != n:
                 raise UserError(f"{n} weight rows but {len(groups)} group labels", "give one group label per row or none")
             from generators.symmetry import align_groups
 
             weights = align_groups(weights, layout, groups)
+            labels = sorted(set(groups))
+            group_index = torch.tensor([labels.index(g) for g in groups])
         self.layout = layout
-        self._fit(weights, datasets, torch.tensor(index), metrics, progress)
+        self.fit_info = {"groups": labels if len(labels) > 1 else []}
+        self._fit(weights, datasets, torch.tensor(index), metrics, group_index, progress)
         per = {}
         for i, ds in enumerate(datasets):
             per.setdefault(ds.name, 0)
             per[ds.name] += index.count(i)
-        self.fit_info = {"num_train": n, "conditions": per, "aligned_groups": len(set(map(str, groups))) if groups else 0, "metrics": sorted(metrics),
+        self.fit_info = {"num_train": n, "conditions": per, "aligned_groups": len(labels), "metrics": sorted(metrics),
                          "input_shape": list(datasets[0].input_shape), "num_classes": int(datasets[0].num_classes),
                          "task": datasets[0].task, **self.fit_info}
         self.generator_id = self._compute_id()
@@ -273,7 +278,8 @@ class WeightGenerator:
 
     # ----- subclass hooks ---------------------------------------------------------------
     def _fit(self, weights: torch.Tensor, datasets: list[Dataset], index: torch.Tensor,
-             metrics: dict[str, torch.Tensor], progress) -> None:
+             metrics: dict[str, torch.Tensor], groups: torch.Tensor, progress) -> None:
+        """groups: [N] init-group index of each row (all 0 without groups); fit_info["groups"] has the labels."""
         raise NotImplementedError
 
     def _sample(self, n: int, dataset: Dataset, target: dict[str, float], seed: int) -> torch.Tensor:

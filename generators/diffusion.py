@@ -37,7 +37,7 @@ from torch import nn
 from generators.autoencoder import WeightVAE
 from generators.base import WeightGenerator
 from generators.denoiser import LatentDenoiser
-from generators.mean_model import RidgeMean, dataset_statistics, statistics_dim
+from generators.mean_model import GroupedRidge, dataset_statistics, sets_per_group, statistics_dim
 from generators.set_encoder import SetEncoder
 from store.errors import UserError
 from store.layout import ParamLayout
@@ -80,11 +80,14 @@ class NormalizerState(nn.Module):
 
 
 class Conditioner(nn.Module):
-    """Condition vector = set-encoder embedding of the dataset (+ target-metric embedding); learned nulls for dropping."""
+    """Condition vector = set-encoder embedding of the dataset (+ target metric, + init group); learned nulls for dropping."""
 
     def __init__(self, in_features: int, num_classes: int, target_dim: int, n_metrics: int, set_hidden: int,
-                 cond_dim: int, latent_dim: int):
+                 cond_dim: int, latent_dim: int, n_groups: int = 1):
         super().__init__()
+        self.group_emb = nn.Embedding(n_groups, cond_dim) if n_groups > 1 else None
+        if self.group_emb is not None:
+            nn.init.zeros_(self.group_emb.weight)
         self.set_encoder = SetEncoder(in_features, num_classes, target_dim, set_hidden, cond_dim)
         self.null_dataset = nn.Parameter(torch.zeros(cond_dim))
         self.align = nn.Linear(cond_dim, latent_dim)  # embedding -> mean latent of the dataset's models
@@ -96,8 +99,10 @@ class Conditioner(nn.Module):
             self.register_buffer("metric_std", torch.ones(n_metrics))
 
     def combine(self, ds_emb: torch.Tensor, drop_ds: torch.Tensor, metric: torch.Tensor | None,
-                drop_metric: torch.Tensor | None) -> torch.Tensor:
+                drop_metric: torch.Tensor | None, group: torch.Tensor | None = None) -> torch.Tensor:
         c = torch.where(drop_ds[:, None], self.null_dataset.expand_as(ds_emb), ds_emb)
+        if self.group_emb is not None and group is not None:
+            c = c + self.group_emb(group)
         if self.n_metrics:
             if metric is None:
                 m = self.null_metric.expand_as(c)
@@ -116,9 +121,12 @@ class LatentDiffusion(WeightGenerator):
     @dataclasses.dataclass
     class Config:
         # linear part (mean_model.py): standardized weights = ridge(dataset statistics) + residual
-        mean_model: str = "ridge"  # or "none": the diffusion models the standardized weights themselves
+        # "ridge": one ridge over all models; "group-ridge": one per init group (more accurate on unseen
+        # datasets, but with one model per group and dataset it interpolates them: samples for seen datasets
+        # are copies); "none": the diffusion models the standardized weights themselves
+        mean_model: str = "ridge"
         # autoencoder
-        latent_dim: int = 32
+        latent_dim: int = 16
         ae_hidden: int = 256
         ae_depth: int = 2
         ae_steps: int = 1500
@@ -138,6 +146,7 @@ class LatentDiffusion(WeightGenerator):
         # denoiser + schedules
         denoiser_hidden: int = 256
         denoiser_depth: int = 3
+        denoiser_dropout: float = 0.0
         steps: int = 3000
         lr: float = 1e-3
         weight_decay: float = 0.0
@@ -154,8 +163,8 @@ class LatentDiffusion(WeightGenerator):
         c = self.config
         if c.prediction_type not in ("epsilon", "sample", "v_prediction"):
             raise UserError(f"prediction_type {c.prediction_type!r}", "use epsilon, sample or v_prediction")
-        if c.mean_model not in ("ridge", "none"):
-            raise UserError(f"mean_model {c.mean_model!r}", "use 'ridge' or 'none'")
+        if c.mean_model not in ("ridge", "group-ridge", "none"):
+            raise UserError(f"mean_model {c.mean_model!r}", "use 'ridge', 'group-ridge' or 'none'")
         if c.beta_schedule not in ("linear", "scaled_linear", "squaredcos_cap_v2"):
             raise UserError(f"beta_schedule {c.beta_schedule!r}", "use linear, scaled_linear or squaredcos_cap_v2")
         for k in ("latent_dim", "ae_hidden", "set_hidden", "cond_dim", "denoiser_hidden", "batch_size", "sample_steps",
@@ -177,14 +186,15 @@ class LatentDiffusion(WeightGenerator):
         latent_stats = nn.Module()
         latent_stats.register_buffer("mean", torch.zeros(c.latent_dim))
         latent_stats.register_buffer("std", torch.ones(c.latent_dim))
+        n_groups = max(1, len(info.get("groups") or []))
         cond = Conditioner(in_features, num_classes, target_dim, len(info.get("metrics", [])), c.set_hidden, c.cond_dim,
-                           c.latent_dim)
-        den = LatentDenoiser(c.latent_dim, c.cond_dim, c.denoiser_hidden, c.denoiser_depth)
+                           c.latent_dim, n_groups)
+        den = LatentDenoiser(c.latent_dim, c.cond_dim, c.denoiser_hidden, c.denoiser_depth, dropout=c.denoiser_dropout)
         self.modules = {"normalizer": NormalizerState(len(layout)), "vae": vae, "latent": latent_stats,
                         "conditioner": cond, "denoiser": den}
-        if c.mean_model == "ridge":
-            self.modules["mean"] = RidgeMean(int(info["mean_sets"]), statistics_dim(in_features, num_classes, target_dim),
-                                             layout.num_params)
+        if c.mean_model != "none":
+            self.modules["mean"] = GroupedRidge(info["mean_sets"], statistics_dim(in_features, num_classes, target_dim),
+                                                layout.num_params)
             self.modules["residual_normalizer"] = NormalizerState(len(layout))
 
     def _modules(self) -> dict[str, nn.Module]:
@@ -207,7 +217,7 @@ class LatentDiffusion(WeightGenerator):
         self._ddpm().save_config(str(directory / "scheduler"))
 
     # ----- fitting ------------------------------------------------------------------------
-    def _fit(self, weights, datasets, index, metrics, progress) -> None:
+    def _fit(self, weights, datasets, index, metrics, groups, progress) -> None:
         c = self.config
         layout = self.layout
         shapes = {tuple(d.input_shape) for d in datasets}
@@ -224,7 +234,9 @@ class LatentDiffusion(WeightGenerator):
                               "metrics": sorted(metrics)})
         if task == "regression":
             self.fit_info["target_dim"] = int(datasets[0].output_dim)
-        self.fit_info["mean_sets"] = len(datasets)
+        n_groups = max(1, len(self.fit_info.get("groups") or []))
+        ridge_groups = groups if c.mean_model == "group-ridge" else torch.zeros_like(groups)
+        self.fit_info["mean_sets"] = sets_per_group(index, ridge_groups, n_groups if c.mean_model == "group-ridge" else 1)
         torch_state = torch.random.get_rng_state()
         torch.manual_seed(c.seed)  # module init and the noise inside training steps
         try:
@@ -235,7 +247,7 @@ class LatentDiffusion(WeightGenerator):
             vae, lat = self.modules["vae"], self.modules["latent"]
             norm = self.modules["normalizer"].set(Normalizer.fit(weights, layout))
             x = norm.transform(weights, torch.float32)
-            x = self._fit_mean(x, datasets, index)
+            x = self._fit_mean(x, datasets, index, ridge_groups)
             ae_hist = self._train_vae(vae, x, g, progress)
             vae.eval()
             with torch.no_grad():
@@ -244,32 +256,31 @@ class LatentDiffusion(WeightGenerator):
                 lat.std.copy_(mu.std(0).clamp_min(1e-4) if len(mu) > 1 else torch.ones_like(mu[0]))
                 z = (mu - lat.mean) / lat.std
                 mean = self._mean_for(datasets)
-                recon = self._to_weights(vae.decode(mu), None if mean is None else mean[index])
+                recon = self._to_weights(vae.decode(mu), None if mean is None else mean[ridge_groups, index])
             rel = float((recon - weights).norm() / weights.norm().clamp_min(1e-12))
             if progress:
                 progress(0, info="diffusion")
-            dn_hist = self._train_denoiser(z, datasets, index, metrics, g, progress)
+            dn_hist = self._train_denoiser(z, datasets, index, metrics, groups, g, progress)
         finally:
             torch.random.set_rng_state(torch_state)
         for m in self.modules.values():
             m.eval()
         self.fit_info.update({"ae_final_mse": ae_hist, "ae_relative_recon_error": rel, "diffusion_final_loss": dn_hist})
 
-    def _fit_mean(self, x: torch.Tensor, datasets: list[Dataset], index: torch.Tensor) -> torch.Tensor:
-        """Fit the ridge mean model; returns what the autoencoder models (standardized residuals, or x)."""
+    def _fit_mean(self, x: torch.Tensor, datasets: list[Dataset], index: torch.Tensor,
+                  groups: torch.Tensor) -> torch.Tensor:
+        """Fit the ridge mean model(s); returns what the autoencoder models (standardized residuals, or x)."""
         if self.config.mean_model == "none":
             return x
         k = int(self.fit_info["num_classes"]) if self.fit_info["task"] == "classification" else 0
         stats = torch.stack([dataset_statistics(d.x_train, d.y_train, k) for d in datasets])
-        targets = torch.zeros(len(datasets), x.shape[1], dtype=torch.float64).index_add_(0, index, x.double())
-        targets /= torch.bincount(index, minlength=len(datasets)).clamp_min(1)[:, None].double()
-        self.fit_info.update(self.modules["mean"].fit(stats, targets))
-        resid = x - self.modules["mean"](stats)[index]
+        self.fit_info.update(self.modules["mean"].fit(stats, x, index, groups))
+        resid = x - self.modules["mean"](stats)[groups, index]
         rn = self.modules["residual_normalizer"].set(Normalizer.fit(resid, self.layout))
         return rn.transform(resid, torch.float32)
 
     def _mean_for(self, datasets: list[Dataset]) -> torch.Tensor | None:
-        """The ridge prediction (standardized weights) for each dataset, or None without a mean model."""
+        """[G, D, P]: each group's ridge prediction (standardized weights) for each dataset; None without a mean model."""
         if self.config.mean_model == "none":
             return None
         k = int(self.fit_info["num_classes"]) if self.fit_info["task"] == "classification" else 0
@@ -325,7 +336,7 @@ class LatentDiffusion(WeightGenerator):
                 counts[i, c_] = len(p)
         return x_all, y_all, table, counts
 
-    def _train_denoiser(self, z, datasets, index, metrics, g, progress) -> float:
+    def _train_denoiser(self, z, datasets, index, metrics, groups, g, progress) -> float:
         c = self.config
         if c.steps == 0:
             return float("nan")
@@ -363,7 +374,7 @@ class LatentDiffusion(WeightGenerator):
             drop_ds = torch.rand(bs, generator=g) < c.cond_drop
             mv = mvals[idx] if mvals is not None else None
             drop_m = torch.rand(bs, generator=g) < c.metric_drop if mvals is not None else None
-            cvec = cond.combine(emb, drop_ds, mv, drop_m)
+            cvec = cond.combine(emb, drop_ds, mv, drop_m, groups[idx])
             z0 = z[idx]
             noise = torch.randn(z0.shape, generator=g)
             t = torch.randint(0, c.num_train_timesteps, (bs,), generator=g)
@@ -427,9 +438,13 @@ class LatentDiffusion(WeightGenerator):
                 raise UserError(f"target gives {sorted(target)} but the generator conditions on {names} together",
                                 f"give all of {names}")
             mv = torch.tensor([[float(target[k]) for k in names]]).expand(n, -1)
-        cvec = cond.combine(emb, keep, mv, keep if mv is not None else None)
+        n_groups = max(1, len(self.fit_info.get("groups") or []))
+        # which init group each sample is generated "from": its own stream, so n_groups = 1 draws nothing
+        group = (torch.randint(n_groups, (n,), generator=torch.Generator().manual_seed(int(seed) + 7919))
+                 if n_groups > 1 else torch.zeros(n, dtype=torch.long))
+        cvec = cond.combine(emb, keep, mv, keep if mv is not None else None, group)
         if c.guidance != 1.0:
-            uvec = cond.combine(emb, ~keep, None, None)
+            uvec = cond.combine(emb, ~keep, None, None, group)
         g = torch.Generator().manual_seed(int(seed))
         zt = torch.randn(n, c.latent_dim, generator=g)
         ddim = self._ddim()
@@ -442,5 +457,7 @@ class LatentDiffusion(WeightGenerator):
                 pred = upred + c.guidance * (pred - upred)
             zt = ddim.step(pred, int(t), zt, eta=0.0).prev_sample
         mean = self._mean_for([dataset])
-        w = self._to_weights(vae.decode(zt * lat.std + lat.mean), None if mean is None else mean.expand(n, -1))
+        if mean is not None:
+            mean = mean[group, 0] if len(mean) > 1 else mean[0, 0].expand(n, -1)
+        w = self._to_weights(vae.decode(zt * lat.std + lat.mean), mean)
         return w.contiguous()

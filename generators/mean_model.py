@@ -16,7 +16,10 @@ spread of the population (which init, which basin) and whatever the linear map
 misses for the datasets it saw.
 
 Statistics of a dataset (`dataset_statistics`), from its train split only:
-classification: the per-class mean of the flattened inputs, in class order;
+classification: the per-class mean and standard deviation of the flattened
+inputs, in class order (on digits-pairs, means alone: leave-one-task-out R^2
+0.62 and 97.0% held-out accuracy for the ridge prediction alone; means + stds:
+0.79 and 97.8%);
 regression: the mean of y (x) [1, x] over the samples (first moments of the
 function). Ridge is solved in its dual form (D datasets << features x P
 parameters), so what is stored is D x (F + P) numbers.
@@ -33,14 +36,16 @@ def dataset_statistics(x: torch.Tensor, y: torch.Tensor, num_classes: int) -> to
     if num_classes:
         onehot = torch.nn.functional.one_hot(y.long(), num_classes).to(torch.float64)  # [n, K]
         counts = onehot.sum(0).clamp_min(1.0)
-        return ((onehot.T @ x) / counts[:, None]).reshape(-1)
+        mean = (onehot.T @ x) / counts[:, None]
+        var = (onehot.T @ x.pow(2)) / counts[:, None] - mean.pow(2)
+        return torch.cat([mean, var.clamp_min(0).sqrt()], 1).reshape(-1)
     yy = y.reshape(len(y), -1).to(torch.float64)
     feats = torch.cat([torch.ones(len(x), 1, dtype=torch.float64), x], 1)
     return (yy[:, :, None] * feats[:, None, :]).mean(0).reshape(-1)
 
 
 def statistics_dim(in_features: int, num_classes: int, target_dim: int = 1) -> int:
-    return num_classes * in_features if num_classes else target_dim * (in_features + 1)
+    return 2 * num_classes * in_features if num_classes else target_dim * (in_features + 1)
 
 
 class RidgeMean(nn.Module):
@@ -88,3 +93,36 @@ class RidgeMean(nn.Module):
     def forward(self, stats: torch.Tensor) -> torch.Tensor:
         s = stats.to(torch.float64).reshape(-1, self.features.shape[1]) - self.feature_mean
         return (self.target_mean + (s @ self.features.T) @ self.dual_coef).to(torch.float32)
+
+
+class GroupedRidge(nn.Module):
+    """One RidgeMean per initialisation group (e.g. seed): models that share an init share one linear map.
+
+    On digits-pairs, a ridge per seed reaches ~96% on held-out pairs where one
+    ridge over all (aligned) seeds reaches ~94%: each init has its own linear
+    structure. With one group this is a plain RidgeMean.
+    """
+
+    def __init__(self, sets_per_group: list[int], n_features: int, n_targets: int):
+        super().__init__()
+        self.ridges = nn.ModuleList(RidgeMean(int(d), n_features, n_targets) for d in sets_per_group)
+
+    @torch.no_grad()
+    def fit(self, stats: torch.Tensor, x: torch.Tensor, index: torch.Tensor, groups: torch.Tensor) -> dict[str, float]:
+        """stats [D, F] per dataset; x [N, P] per model; index [N] its dataset; groups [N] its group."""
+        diags = []
+        for g, ridge in enumerate(self.ridges):
+            rows = groups == g
+            sets, inv = torch.unique(index[rows], return_inverse=True)
+            targets = torch.zeros(len(sets), x.shape[1], dtype=torch.float64).index_add_(0, inv, x[rows].double())
+            targets /= torch.bincount(inv, minlength=len(sets)).clamp_min(1)[:, None].double()
+            diags.append(ridge.fit(stats[sets], targets))
+        return {k: sum(d[k] for d in diags) / len(diags) for k in diags[0]}
+
+    def forward(self, stats: torch.Tensor) -> torch.Tensor:
+        """[G, B, P]: every group's prediction for each of B statistics vectors."""
+        return torch.stack([ridge(stats) for ridge in self.ridges])
+
+
+def sets_per_group(index: torch.Tensor, groups: torch.Tensor, n_groups: int) -> list[int]:
+    return [int(torch.unique(index[groups == g]).numel()) for g in range(n_groups)]

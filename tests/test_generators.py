@@ -172,8 +172,10 @@ def test_ridge_mean_recovers_a_linear_map():
 def test_dataset_statistics_are_class_means():
     ds = load_dataset("digits-pair:3-5")
     s = dataset_statistics(ds.x_train, ds.y_train, 2)
-    assert s.shape == (128,)
-    assert torch.allclose(s[:64].float(), ds.x_train[ds.y_train == 0].flatten(1).mean(0), atol=1e-6)
+    assert s.shape == (256,)  # [class 0: mean, std | class 1: mean, std] of the 64 inputs
+    x0 = ds.x_train[ds.y_train == 0].flatten(1)
+    assert torch.allclose(s[:64].float(), x0.mean(0), atol=1e-6)
+    assert torch.allclose(s[64:128].float(), x0.std(0, unbiased=False), atol=1e-5)
 
 
 def test_protocol_split():
