@@ -125,6 +125,7 @@ class LatentDiffusion(WeightGenerator):
         # datasets, but with one model per group and dataset it interpolates them: samples for seen datasets
         # are copies); "none": the diffusion models the standardized weights themselves
         mean_model: str = "ridge"
+        residual_scale: float = 1.0  # sampling: ridge mean + scale * generated residual (a truncation knob; <1 = closer to the mean)
         # autoencoder
         latent_dim: int = 16
         ae_hidden: int = 256
@@ -289,7 +290,8 @@ class LatentDiffusion(WeightGenerator):
     def _to_weights(self, x: torch.Tensor, mean: torch.Tensor | None) -> torch.Tensor:
         """Autoencoder outputs [n, P] (+ ridge mean [n, P]) -> weights in the layout's dtype."""
         if mean is not None:
-            x = self.modules["residual_normalizer"].normalizer(self.layout).inverse(x, torch.float32) + mean
+            resid = self.modules["residual_normalizer"].normalizer(self.layout).inverse(x, torch.float32)
+            x = mean + self.config.residual_scale * resid
         return self.modules["normalizer"].normalizer(self.layout).inverse(x)
 
     def _train_vae(self, vae: WeightVAE, x: torch.Tensor, g: torch.Generator, progress) -> float:
