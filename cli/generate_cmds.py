@@ -1,6 +1,6 @@
 """`wsl generate fit | sample | eval`: weight generators on a zoo.
 
-    wsl generate fit --method diffusion --where "zoo = 'digits-pairs' AND epoch = 20" --out gen/
+    wsl generate fit --method diffusion --protocol digits-pairs --where "zoo = 'digits-pairs'" --out gen/
     wsl generate sample gen/ --dataset digits-pair:0-2 -n 256          # samples + scores -> `samples` table
     wsl generate eval gen/ --dataset digits-pair:0-2 --dataset digits-pair:3-5 --out gen/report
 
@@ -82,6 +82,7 @@ def fit_cmd(
     store: Optional[Path] = common.StoreOption,
     where: Optional[str] = typer.Option(None, "--where", "-w", help="SQL condition over checkpoints JOIN models (default: the last checkpoint of every finished model)."),
     out: Path = typer.Option(..., "--out", "-o", help="Directory for the fitted generator (config.json + model.safetensors)."),
+    protocol: Optional[str] = typer.Option(None, "--protocol", help="digits-pairs: fit on the protocol's 35 seen pair tasks only (10 held out; docs/generators.md)."),
     metric: str = typer.Option("test_acc", "--metric", help="Checkpoint column used as a target-metric condition (G.pt style); 'none' to skip."),
     align_by: str = typer.Option("seed", "--align-by", help="Models column grouping shared initialisations for hidden-unit alignment; 'none' to skip."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Denoiser training steps (default 3000)."),
@@ -98,6 +99,12 @@ def fit_cmd(
         raise UserError(f"generator method {method!r} is not implemented yet", "use --method diffusion")
     if method not in METHODS:
         raise UserError(f"unknown generator method {method!r}", f"use one of: {', '.join(sorted(METHODS))}")
+    if protocol is not None:
+        if protocol != "digits-pairs":
+            raise UserError(f"unknown --protocol {protocol!r}", "use digits-pairs")
+        from generators.protocol import seen_where
+
+        where = seen_where(extra=where.strip() if where and where.strip() else None)
     config = _parse_options(options)
     config["seed"] = seed
     if steps is not None:

@@ -107,12 +107,22 @@ def test_fit_bad_input(run_cli, stores, tmp_path):
         (["--set", "latent_size=3"], "no option"),
         (["--set", "oops"], "KEY=VALUE"),
         (["--metric", "nope"], "metric 'nope'"),
+        (["--protocol", "cifar"], "unknown --protocol"),
     ]:
         code, _, err = run_cli("generate", "fit", "--store", stores[0], "--out", out, *args)
         assert code == 2 and message in err, (args, err)
         assert not out.exists()
     code, _, err = run_cli("generate", "fit", "--store", tmp_path / "no-store", "--out", out)
     assert code == 2 and not out.exists()
+
+
+def test_protocol_keeps_held_out_tasks_out(run_cli, stores, tmp_path):
+    code, out, err = run_cli("generate", "fit", "--store", stores[0], "--protocol", "digits-pairs", "--where",
+                             "checkpoints.epoch = 2", "--out", tmp_path / "g", "--format", "json", *TINY_SET)
+    assert code == 0, err
+    fit = json.loads((tmp_path / "g" / "config.json").read_text())["fit"]
+    # digits-pair:0-2 is a held-out task of the protocol: only 0-1 and 1-2 are fit on
+    assert sorted(fit["conditions"]) == ["digits-pair:0-1", "digits-pair:1-2"] and "epoch = 2" in fit["where"]
 
 
 def test_missing_generator_dir(run_cli, stores, tmp_path):
