@@ -246,8 +246,7 @@ def eval_cmd(
     for group, s in summary.items():
         _print_summary(s, f"{group} conditions")
     typer.echo(f"report: {out / 'report.json'} (+ accuracy.png, novelty.png, finetune.png); "
-               f"stored {written['samples']} samples" + ("" if written["generators"] else
-                                                        " (the store keeps this generator's first report row)"))
+               f"stored {written['samples']} samples and the report (table generator_reports)")
 
 
 def register(app: typer.Typer) -> None:

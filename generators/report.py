@@ -318,8 +318,16 @@ def record(store, gen: WeightGenerator, report: Report, path: str | os.PathLike 
 
 
 def record_generator(store, gen: WeightGenerator, path, report: Report | None) -> int:
-    """Append the generators row; when the row exists with another report, the stored one is kept (returns 0)."""
+    """Append the report to `generator_reports` (every report is kept) and the generators row (once).
+
+    Returns the number of generators rows written (0 when the generator was recorded before).
+    """
     row = generator_row(gen, path, report)
+    if report is not None:
+        text = row["report"]
+        store.append("generator_reports", [{
+            "generator_id": gen.generator_id, "report_id": hashlib.sha256(text.encode()).hexdigest()[:16],
+            "conditions": json.dumps([c.condition for c in report.conditions]), "report": text}])
     existing = store.sql(f"SELECT report FROM generators WHERE generator_id = {_sql_str(gen.generator_id)}") \
         if store.count("generators") else None
     if existing is not None and len(existing):

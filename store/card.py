@@ -113,7 +113,13 @@ COLUMN_DOCS: dict[str, dict[str, str]] = {
         "num_train": "training weight vectors",
         "config": "JSON config",
         "path": "where its save_pretrained directory was (on the publisher's machine)",
-        "report": "JSON of its latest evaluation report",
+        "report": "JSON of its first evaluation report (all of them: generator_reports)",
+    },
+    "generator_reports": {
+        "generator_id": "the generator evaluated (generators table)",
+        "report_id": "hash of the report JSON",
+        "conditions": "JSON list of the conditions it evaluated",
+        "report": "JSON: accuracy, novelty, baselines, fine-tuning per condition",
     },
     "samples": {
         "sample_id": "key",

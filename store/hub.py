@@ -74,7 +74,7 @@ DEFAULT_LICENSE = "cc-by-4.0"
 
 # Metadata first, weights last (pull imports in this order; layouts before the tables that use them).
 IMPORT_ORDER = ["layouts", "datasets", "models", "landscape", "evaluations", "generators",
-                "checkpoints", "optimizer_states", "samples"]
+                "generator_reports", "checkpoints", "optimizer_states", "samples"]
 WEIGHT_TABLES = [t for t, s in TABLES.items() if s.has_weights]
 _ITEMSIZE_SQL = "CASE dtype WHEN 'float32' THEN 4 ELSE 2 END"
 
@@ -232,7 +232,7 @@ def select(store, where: str | None = None, tables: Iterable[str] | str | None =
     where: a filter over `models` (e.g. "lr > 0.01 AND architecture = 'mlp'");
     tables tied to models by `model_id` (checkpoints, optimizer_states,
     landscape, evaluations) keep only the selected models' rows, `layouts` and
-    `datasets` only the rows those reference. `generators` and `samples` are
+    `datasets` only the rows those reference. `generators`, `generator_reports` and `samples` are
     not tied to single models: with --where they are left out unless named in
     `tables` (then published whole). tables: default every non-empty table;
     tables that end up empty are left out (noted). Nothing to publish, or a
@@ -273,7 +273,7 @@ def select(store, where: str | None = None, tables: Iterable[str] | str | None =
 
     order = [t for t in TABLES if t in base]
     if chosen is None:
-        wanted = [t for t in order if not (where and t in ("generators", "samples"))]
+        wanted = [t for t in order if not (where and t in ("generators", "generator_reports", "samples"))]
     else:
         wanted = [t for t in order if t in chosen]
     counts: dict[str, int] = {}

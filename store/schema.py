@@ -134,8 +134,14 @@ TABLES: dict[str, Table] = {t.name: t for t in [
         ("num_train", pa.int64()),
         ("config", pa.string()),  # JSON
         ("path", pa.string()),  # save_pretrained directory
-        ("report", pa.string()),  # JSON of the latest evaluation report
+        ("report", pa.string()),  # JSON of its first evaluation report (every report: generator_reports)
     ), doc="one row per fitted generator"),
+    Table("generator_reports", ("generator_id", "report_id"), (
+        ("generator_id", pa.string()),
+        ("report_id", pa.string()),  # hash of the report JSON: re-recording the same report is a no-op
+        ("conditions", pa.string()),  # JSON list of the dataset names (and targets) it evaluated
+        ("report", pa.string()),  # JSON: accuracy, novelty, baselines, fine-tuning per condition
+    ), doc="every evaluation report of a generator (the store is append-only; reports accumulate)"),
     Table("samples", ("sample_id",), (
         ("sample_id", pa.string()),
         ("generator_id", pa.string()),

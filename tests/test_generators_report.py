@@ -75,6 +75,8 @@ def test_report_and_samples_table(zoo_store, tmp_path):
     w, meta = st.weights("SELECT sample_id FROM samples WHERE kind = 'generated' ORDER BY sample_id", table="samples")
     assert w.shape == (12, gen.layout.num_params)
     assert record(st, gen, rep, tmp_path / "gen") == {"samples": 0, "generators": 0}  # idempotent
+    reports = st.sql("SELECT generator_id, conditions, report FROM generator_reports")
+    assert len(reports) == 1 and reports.report[0] == row.report[0]  # recorded once, the same JSON
 
 
 def test_iou_and_nearest_l2():
