@@ -116,13 +116,19 @@ _INPLACE: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 }
 
 
-def _act(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The activation; in place when autograd is off (callers only pass fresh tensors)."""
+def activation(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The activation function called `name` (architecture configs name them); UserError if unknown."""
     if name not in ACTIVATIONS:
         raise UserError(f"unknown activation {name!r}", f"use one of: {', '.join(ACTIVATIONS)}")
+    return ACTIVATIONS[name]
+
+
+def _act(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The activation; in place when autograd is off (callers only pass fresh tensors)."""
+    fn = activation(name)
     if not torch.is_grad_enabled() and name in _INPLACE:
         return _INPLACE[name]
-    return ACTIVATIONS[name]
+    return fn
 
 
 # --------------------------------------------------------------------------- inputs

@@ -22,22 +22,9 @@ from torch import nn
 
 from store.errors import UserError
 from wsl.data import Dataset
+from wsl.functional import activation as _act  # one activation table for modules and the batched forward
 
-ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "relu": F.relu,
-    "tanh": torch.tanh,
-    "gelu": F.gelu,
-    "sigmoid": torch.sigmoid,
-    "silu": F.silu,
-    "leaky_relu": F.leaky_relu,
-}
 INITS = ("default", "kaiming_uniform", "kaiming_normal", "xavier_uniform", "xavier_normal", "normal")
-
-
-def _act(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
-    if name not in ACTIVATIONS:
-        raise UserError(f"unknown activation {name!r}", f"use one of: {', '.join(ACTIVATIONS)}")
-    return ACTIVATIONS[name]
 
 
 def _take(config: Mapping[str, Any], defaults: Mapping[str, Any], required: tuple[str, ...]) -> dict[str, Any]:
