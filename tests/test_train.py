@@ -139,3 +139,15 @@ def test_ray_backend_on_a_local_instance(tmp_path):
         wb, qb = here.weights(q.format(w=w))
         assert qa.checkpoint_id.tolist() == qb.checkpoint_id.tolist() and len(qa) == 4 * 3
         torch.testing.assert_close(wa, wb, rtol=1e-5, atol=1e-6)
+
+
+def test_small_parts_are_merged_after_training(tmp_path, monkeypatch):
+    import zoo.train as train_module
+
+    monkeypatch.setattr(train_module, "COMPACT_AFTER_PARTS", 2)
+    s = zoo.train(SPEC, tmp_path / "st", cohort_size=1)  # 4 cohorts x 4 checkpoints: 16 one-row parts
+    store = ZooStore(tmp_path / "st", create=False)
+    assert s.cohorts == 4 and store.count("checkpoints") == 16
+    assert len(store.part_files("checkpoints")) <= 2
+    w, meta = store.weights("SELECT checkpoint_id FROM checkpoints ORDER BY checkpoint_id", verify=True)
+    assert w.shape[0] == 16 and meta.checkpoint_id.is_unique
