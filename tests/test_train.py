@@ -142,9 +142,9 @@ def test_ray_backend_on_a_local_instance(tmp_path):
 
 
 def test_small_parts_are_merged_after_training(tmp_path, monkeypatch):
-    import zoo.train as train_module
+    import sys
 
-    monkeypatch.setattr(train_module, "COMPACT_AFTER_PARTS", 2)
+    monkeypatch.setattr(sys.modules["zoo.train"], "COMPACT_AFTER_PARTS", 2)  # `zoo.train` the attribute is the function
     s = zoo.train(SPEC, tmp_path / "st", cohort_size=1)  # 4 cohorts x 4 checkpoints: 16 one-row parts
     store = ZooStore(tmp_path / "st", create=False)
     assert s.cohorts == 4 and store.count("checkpoints") == 16
