@@ -115,22 +115,32 @@ def _cell(v: Any) -> str:
 
 @contextmanager
 def progress_bar(description: str, total: int | None = None, unit: str = "models") -> Iterator[Any]:
-    """A rich progress bar on stderr; yields an `update(advance=1, **fields)` callable."""
+    """A rich progress bar on stderr; yields an `update(advance=1, **fields)` callable.
+
+    The bar appears at the first update, so a command that fails its input checks
+    before any work prints its one error line and nothing else.
+    """
     from rich.console import Console
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
                                TimeRemainingColumn)
 
     columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn(f"{unit}"), TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn()]
-    with Progress(*columns, console=Console(stderr=True), transient=False) as p:
-        task = p.add_task(description, total=total, info="")
+    p = Progress(*columns, console=Console(stderr=True), transient=False)
+    task = p.add_task(description, total=total, info="")
 
-        def update(advance: float = 1, total: int | None = None, info: str | None = None) -> None:
-            kw: dict[str, Any] = {"advance": advance}
-            if total is not None:
-                kw["total"] = total
-            if info is not None:
-                kw["info"] = info
-            p.update(task, **kw)
+    def update(advance: float = 1, total: int | None = None, info: str | None = None) -> None:
+        if not p.live.is_started:
+            p.start()
+        kw: dict[str, Any] = {"advance": advance}
+        if total is not None:
+            kw["total"] = total
+        if info is not None:
+            kw["info"] = info
+        p.update(task, **kw)
 
+    try:
         yield update
+    finally:
+        if p.live.is_started:
+            p.stop()
