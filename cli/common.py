@@ -73,6 +73,32 @@ def emit(data: Any, fmt: str = "table", title: str | None = None, out: Optional[
         print_table(df, title)
 
 
+def json_safe(obj: Any) -> Any:
+    """NaN/inf -> None and numpy/torch scalars -> Python numbers, recursively, so JSON stays valid."""
+    import math
+
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if hasattr(obj, "item") and not isinstance(obj, (str, bytes)):
+        try:
+            return json_safe(obj.item())
+        except (ValueError, AttributeError, TypeError):
+            return obj
+    return obj
+
+
+def print_summary(summary: dict[str, Any], title: str) -> None:
+    """One summary dict as a key / value table; nested values shown as JSON."""
+    import pandas as pd
+
+    flat = {k: (json.dumps(json_safe(v)) if isinstance(v, (dict, list)) else json_safe(v)) for k, v in summary.items()}
+    print_table(pd.DataFrame({"": list(flat), "value": list(flat.values())}), title)
+
+
 def _json_default(o: Any) -> Any:
     try:
         import numpy as np

@@ -14,7 +14,6 @@ the others report.
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any, List, Optional
 
@@ -79,33 +78,14 @@ def _emit(summary: dict[str, Any], rows, fmt: str, title: str) -> None:
     common.check_format(fmt, ("table", "json", "csv"))
     records = rows.to_dict(orient="records") if rows is not None else []
     if fmt == "json":
-        sys.stdout.write(json.dumps({"summary": _clean(summary), "rows": _clean(records)}, default=str) + "\n")
+        sys.stdout.write(json.dumps({"summary": common.json_safe(summary), "rows": common.json_safe(records)}, default=str) + "\n")
         return
     if fmt == "csv":
         common.emit(rows, "csv")
         return
     if rows is not None and len(rows):
         common.print_table(rows, title)
-    import pandas as pd
-
-    flat = {k: (json.dumps(_clean(v)) if isinstance(v, (dict, list)) else _clean(v)) for k, v in summary.items()}
-    common.print_table(pd.DataFrame({"": list(flat), "value": list(flat.values())}), f"{title}: summary")
-
-
-def _clean(obj):
-    """NaN -> None so JSON stays valid (regression has no accuracy)."""
-    if isinstance(obj, dict):
-        return {k: _clean(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_clean(v) for v in obj]
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if hasattr(obj, "item") and not isinstance(obj, (str, bytes)):
-        try:
-            return _clean(obj.item())
-        except (ValueError, AttributeError):
-            return obj
-    return obj
+    common.print_summary(summary, f"{title}: summary")
 
 
 # --------------------------------------------------------------------------- wsl eval

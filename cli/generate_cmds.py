@@ -53,23 +53,6 @@ def _target(target_acc: Optional[float]) -> Optional[dict[str, float]]:
     return {"test_acc": float(target_acc)}
 
 
-def _clean(obj):
-    if isinstance(obj, dict):
-        return {k: _clean(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_clean(v) for v in obj]
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
-
-
-def _print_summary(summary: dict[str, Any], title: str) -> None:
-    import pandas as pd
-
-    flat = {k: (json.dumps(_clean(v)) if isinstance(v, (dict, list)) else _clean(v)) for k, v in summary.items()}
-    common.print_table(pd.DataFrame({"": list(flat), "value": list(flat.values())}), title)
-
-
 def _load(gen_dir: Path):
     from generators import load_generator
 
@@ -133,9 +116,9 @@ def fit_cmd(
                "ae_relative_recon_error": info.get("ae_relative_recon_error"),
                "seconds": round(time.perf_counter() - t0, 2), "path": str(out)}
     if fmt == "json":
-        sys.stdout.write(json.dumps(_clean(summary)) + "\n")
+        sys.stdout.write(json.dumps(common.json_safe(summary)) + "\n")
     else:
-        _print_summary(summary, "wsl generate fit")
+        common.print_summary(summary, "wsl generate fit")
 
 
 # --------------------------------------------------------------------------- sample
@@ -147,13 +130,14 @@ def sample_cmd(
     seed: int = typer.Option(0, "--seed", help="Sampling seed (same seed, same weights)."),
     target_acc: Optional[float] = typer.Option(None, "--target-acc", help="Target test accuracy (generators fit with --metric test_acc)."),
     dataset_seed: int = typer.Option(0, "--dataset-seed", help="Split seed of the dataset."),
+    select: int = typer.Option(1, "--select", help="Draw SELECT x n candidates, keep the n with the lowest training-split loss (1 = every sample)."),
     fmt: str = common.FormatOption,
 ) -> None:
     """Generate n models for a dataset, score them (fused) and append them to the `samples` table."""
     import torch
 
     from generators.base import Condition, check_n
-    from generators.report import check_store_layout, sample_rows, training_weights
+    from generators.report import check_store_layout, sample_kind, sample_rows, training_weights
     from generators.novelty import nearest_l2
     from wsl.evaluate import evaluate
     from zoo import load_dataset
@@ -168,26 +152,26 @@ def sample_cmd(
     check_store_layout(zs, gen, ds.name)
     t0 = time.perf_counter()
     cond = Condition(dataset, target, dataset_seed)
-    w, layout = gen.sample(n, cond, seed=seed)
+    w, layout = gen.sample(n, cond, seed=seed, select=select)
     t_gen = time.perf_counter() - t0
     res = evaluate(w, layout, ds, split="test")
     tw = training_weights(zs, gen)
     nn = nearest_l2(w, tw) if tw is not None else torch.full((n,), math.nan, dtype=torch.float64)
     t_all = time.perf_counter() - t0
-    rows = sample_rows(gen, cond.label(), ds.dataset_id, seed, "generated",
+    rows = sample_rows(gen, cond.label(), ds.dataset_id, seed, sample_kind("generated", select),
                        {"test_loss": res.loss, "test_acc": res.accuracy, "nn_l2": nn})
     written = zs.append_weights("samples", w, rows, layout)
     score = res.accuracy if ds.task == "classification" else res.r2
     summary = {"generator_id": gen.generator_id, "condition": cond.label(),
-               "seen": ds.name in (gen.fit_info.get("conditions") or {}), "n": n, "seed": seed,
+               "seen": ds.name in (gen.fit_info.get("conditions") or {}), "n": n, "seed": seed, "select": select,
                "best": float(score.max()), "mean": float(score.mean()), "median": float(score.median()),
                "min": float(score.min()), "std": float(score.std()) if n > 1 else 0.0,
                "nn_l2_mean": float(nn.mean()), "written": int(written), "store": str(zs.path),
                "seconds_generate": round(t_gen, 3), "seconds_total": round(t_all, 3)}
     if fmt == "json":
-        sys.stdout.write(json.dumps(_clean(summary)) + "\n")
+        sys.stdout.write(json.dumps(common.json_safe(summary)) + "\n")
     else:
-        _print_summary(summary, "wsl generate sample")
+        common.print_summary(summary, "wsl generate sample")
 
 
 # --------------------------------------------------------------------------- eval
@@ -201,6 +185,7 @@ def eval_cmd(
     target_acc: Optional[float] = typer.Option(None, "--target-acc", help="Target test accuracy (generators fit with --metric test_acc)."),
     no_baselines: bool = typer.Option(False, "--no-baselines", help="Skip the noise / average / Gaussian-fit baselines."),
     finetune_models: int = typer.Option(16, "--finetune-models", help="Models per fine-tuning curve (0 skips the curves)."),
+    select: int = typer.Option(1, "--select", help="Draw SELECT x n candidates, keep the n with the lowest training-split loss (1 = every sample)."),
     fmt: str = common.FormatOption,
 ) -> None:
     """The report: accuracy vs the zoo, novelty vs baselines, fine-tuning curves; PNG + JSON, stored in the store."""
@@ -225,12 +210,13 @@ def eval_cmd(
     out = out or (gen_dir / "report")
     with common.progress_bar("eval generator", total=len(conds), unit="conditions") as update:
         rep = evaluate_generator(gen, conds, store=zs, n=n, seed=seed, target=target,
-                                 with_baselines=not no_baselines, finetune_n=finetune_models, progress=update)
+                                 with_baselines=not no_baselines, finetune_n=finetune_models, progress=update,
+                                 select=select)
     rep.save(out)
     written = record(zs, gen, rep, gen_dir)
     summary = rep.summary()
     if fmt == "json":
-        sys.stdout.write(json.dumps(_clean({"summary": summary, "rows": rep.table(), "report": str(out / "report.json"),
+        sys.stdout.write(json.dumps(common.json_safe({"summary": summary, "rows": rep.table(), "report": str(out / "report.json"),
                                             "written": written}), default=str) + "\n")
         return
     per = []
@@ -244,7 +230,7 @@ def eval_cmd(
         per.append(row)
     common.print_table(pd.DataFrame(per), f"mean test accuracy of {n} models per condition")
     for group, s in summary.items():
-        _print_summary(s, f"{group} conditions")
+        common.print_summary(s, f"{group} conditions")
     typer.echo(f"report: {out / 'report.json'} (+ accuracy.png, novelty.png, finetune.png); "
                f"stored {written['samples']} samples and the report (table generator_reports)")
 
