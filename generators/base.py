@@ -4,6 +4,7 @@
     gen = LatentDiffusion(latent_dim=32).fit_tensors(weights, layout, conditions)     # or from memory
     w, layout = gen.sample(256, "digits-pair:3-5", seed=0)                            # [256, P] weights
     w, layout = gen.sample(256, "digits-pair:3-5", target={"test_acc": 1.0})          # G.pt-style target
+    w, layout = gen.sample(256, "digits-pair:3-5", select=4)       # best 256 of 1024 by training-split loss
     gen.save_pretrained("gen/");  gen = load_generator("gen/")                         # safetensors + JSON
 
 A condition is a dataset (a registry name, resolved with `zoo.load_dataset`,
@@ -11,6 +12,10 @@ or a `wsl.Dataset`): the generator embeds it from the samples of its train
 split only, so the same call works for a dataset it never saw. Optionally a
 target metric (`target={"test_acc": 0.99}`), when the generator was fit with
 that metric (`metric="test_acc"`).
+
+`select=k` draws k x n candidates and keeps the n with the lowest loss on the
+condition's train split (one fused evaluation; the test split is never looked
+at), the generate-then-filter step a user with the dataset in hand can take.
 
 What a subclass provides: a `Config` dataclass of its knobs, `_fit(x, ...)`,
 `_sample(n, context, target, seed)`, and `_modules()` (named nn.Modules and
@@ -95,6 +100,16 @@ def as_condition(condition: str | Dataset | Condition, target: Mapping[str, floa
             return dataclasses.replace(condition, target={**(condition.target or {}), **dict(target)})
         return condition
     return Condition(condition, dict(target) if target else None)
+
+
+def best_by_train_loss(weights: torch.Tensor, layout: ParamLayout, ds: Dataset, n: int) -> torch.Tensor:
+    """The n rows of `weights` with the lowest loss on ds's train split, best first (ties: lower row first)."""
+    from wsl.evaluate import evaluate
+
+    loss = evaluate(weights, layout, ds, split="train").loss.to(torch.float64)
+    loss = torch.nan_to_num(loss, nan=math.inf)
+    order = torch.sort(loss, stable=True).indices[:n]
+    return weights[order].contiguous()
 
 
 def check_n(n: Any) -> int:
@@ -241,13 +256,16 @@ class WeightGenerator:
 
     # ----- sampling ---------------------------------------------------------------
     def sample(self, n: int, condition: str | Dataset | Condition, seed: int = 0,
-               target: Mapping[str, float] | None = None) -> tuple[torch.Tensor, ParamLayout]:
+               target: Mapping[str, float] | None = None, select: int = 1) -> tuple[torch.Tensor, ParamLayout]:
         """n weight vectors [n, P] for a condition (dataset, optional target metrics), and their layout.
 
-        Deterministic: the same (n, condition, seed) gives the same weights.
+        select=k > 1: draw k*n candidates, keep the n with the lowest training-split loss (in that order).
+        Deterministic: the same (n, condition, seed, select) gives the same weights.
         """
         layout = self._require_fit()
         check_n(n)
+        if isinstance(select, bool) or not isinstance(select, int) or select < 1:
+            raise UserError(f"select is {select!r}", "give select >= 1 (1 = keep every sample; k = best n of k*n)")
         cond = as_condition(condition, target)
         ds = resolve_dataset(cond.dataset, cond.split_seed)
         self.check_dataset(ds)
@@ -256,8 +274,10 @@ class WeightGenerator:
             have = self.fit_info.get("metrics") or []
             raise UserError(f"target metric(s) {unknown} were not a condition when this generator was fit",
                             f"use one of {have}" if have else "fit with metric='test_acc' to condition on a target")
-        w = self._sample(n, ds, dict(cond.target or {}), int(seed))
+        w = self._sample(n * select, ds, dict(cond.target or {}), int(seed))
         layout.check_flat(w, what="generated weights")
+        if select > 1:
+            w = best_by_train_loss(w, layout, ds, n)
         return w, layout
 
     def check_dataset(self, ds: Dataset) -> None:

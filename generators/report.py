@@ -123,6 +123,7 @@ class Report:
     target: dict[str, float] | None
     conditions: list[ConditionReport]
     seconds: dict[str, float] = field(default_factory=dict)
+    select: int = 1  # generated models: the best n of select*n by training-split loss (1 = every sample)
 
     def summary(self) -> dict[str, Any]:
         """Mean over conditions of each kind's mean accuracy (and novelty), split into seen and unseen."""
@@ -153,7 +154,7 @@ class Report:
 
     def to_dict(self, timings: bool = True) -> dict[str, Any]:
         d = {"generator_id": self.generator_id, "method": self.method, "layout_id": self.layout_id, "n": self.n,
-             "seed": self.seed, "target": self.target, "summary": self.summary(),
+             "seed": self.seed, "target": self.target, "select": self.select, "summary": self.summary(),
              "conditions": [c.to_dict() for c in self.conditions]}
         if timings:
             d["seconds"] = self.seconds
@@ -201,7 +202,7 @@ def _scores(weights: torch.Tensor, layout, ds: Dataset):
 def evaluate_condition(gen: WeightGenerator, condition: str | Dataset | Condition, store=None, n: int = 100,
                        seed: int = 0, target: dict[str, float] | None = None, train_weights: torch.Tensor | None = None,
                        reference: torch.Tensor | None = None, with_baselines: bool = True, finetune_n: int = 16,
-                       finetune_steps: Sequence[int] = STEPS) -> ConditionReport:
+                       finetune_steps: Sequence[int] = STEPS, select: int = 1) -> ConditionReport:
     """Everything the report says about one condition (see module docstring)."""
     layout = gen.layout
     cond = as_condition(condition, target)
@@ -210,7 +211,7 @@ def evaluate_condition(gen: WeightGenerator, condition: str | Dataset | Conditio
         check_store_layout(store, gen, ds.name)
     if reference is None:
         reference, _ = zoo_checkpoints(store, ds.name, layout.layout_id) if isinstance(cond.dataset, str) else (torch.empty(0), [])
-    w_gen, _ = gen.sample(n, cond, seed=seed)
+    w_gen, _ = gen.sample(n, cond, seed=seed, select=select)
     kinds: dict[str, torch.Tensor] = {"generated": w_gen}
     if len(reference):
         kinds["zoo"] = reference
@@ -250,7 +251,8 @@ def evaluate_condition(gen: WeightGenerator, condition: str | Dataset | Conditio
 
 def evaluate_generator(gen: WeightGenerator, conditions: Sequence[str | Dataset | Condition], store=None, n: int = 100,
                        seed: int = 0, target: dict[str, float] | None = None, with_baselines: bool = True,
-                       finetune_n: int = 16, finetune_steps: Sequence[int] = STEPS, progress=None) -> Report:
+                       finetune_n: int = 16, finetune_steps: Sequence[int] = STEPS, progress=None,
+                       select: int = 1) -> Report:
     """The report over several conditions; the zoo and training weights come from `store` when given."""
     layout = gen._require_fit()
     check_n(n)
@@ -261,11 +263,11 @@ def evaluate_generator(gen: WeightGenerator, conditions: Sequence[str | Dataset 
     out = []
     for cond in conditions:
         out.append(evaluate_condition(gen, cond, store, n, seed, target, tw, None, with_baselines, finetune_n,
-                                      finetune_steps))
+                                      finetune_steps, select))
         if progress:
             progress(1, info=out[-1].condition)
     return Report(gen.generator_id, gen.method, layout.layout_id, n, seed, dict(target) if target else None, out,
-                  {"total": time.perf_counter() - t0})
+                  {"total": time.perf_counter() - t0}, select)
 
 
 def default_conditions(store, gen: WeightGenerator) -> list[str]:
@@ -282,6 +284,11 @@ def sample_id(generator_id: str, condition: str, seed: int, n: int, kind: str, i
     """Deterministic: the same generator, condition, seed and run size give the same ids (re-runs append nothing)."""
     h = hashlib.sha256(f"{condition}".encode()).hexdigest()[:8]
     return f"{generator_id}-{h}-s{seed}-n{n}-{kind}-{idx:05d}"
+
+
+def sample_kind(kind: str, select: int = 1) -> str:
+    """The samples.kind of a run: generated models filtered by training loss are 'generated-select{k}'."""
+    return f"{kind}-select{select}" if kind == "generated" and select > 1 else kind
 
 
 def sample_rows(gen: WeightGenerator, condition: str, dataset_id: str, seed: int, kind: str,
@@ -311,7 +318,8 @@ def record(store, gen: WeightGenerator, report: Report, path: str | os.PathLike 
     written = {"samples": 0, "generators": 0}
     for c in report.conditions:
         for kind, w in c.samples.items():
-            rows = sample_rows(gen, c.condition, c.dataset_id, report.seed, kind, c.scores[kind])
+            rows = sample_rows(gen, c.condition, c.dataset_id, report.seed, sample_kind(kind, report.select),
+                               c.scores[kind])
             written["samples"] += store.append_weights("samples", w, rows, gen.layout)
     written["generators"] = record_generator(store, gen, path, report)
     return written

@@ -52,6 +52,12 @@ def test_fit_sample_eval(run_cli, stores, gen_dir, tmp_path):
     code, out, _ = run_cli("generate", "sample", gen_dir, "--store", stores[0], "--dataset", "digits-pair:1-2",
                            "-n", "5", "--target-acc", "1.0", "--format", "json")
     assert code == 0 and json.loads(out)["written"] == 0 and ZooStore(stores[0]).count("samples") == n_samples
+    code, out, err = run_cli("generate", "sample", gen_dir, "--store", stores[0], "--dataset", "digits-pair:1-2",
+                             "-n", "5", "--target-acc", "1.0", "--select", "3", "--format", "json")
+    assert code == 0, err  # the best 5 of 15 by training loss: stored as their own kind, beside the raw samples
+    assert json.loads(out)["written"] == 5 and json.loads(out)["select"] == 3
+    kinds = ZooStore(stores[0]).sql("SELECT kind, count(*) AS n FROM samples GROUP BY kind ORDER BY kind")
+    assert dict(zip(kinds["kind"], kinds["n"])) == {"generated": 5, "generated-select3": 5}
 
     rep_dir = tmp_path / "rep"
     code, out, err = run_cli("generate", "eval", gen_dir, "--store", stores[0], "-d", "digits-pair:0-1",
@@ -75,6 +81,7 @@ def test_fit_sample_eval(run_cli, stores, gen_dir, tmp_path):
     (["--dataset", "digits"], "10 classes"),
     (["--dataset", "mnist1d-pair:0-1"], "inputs of shape"),
     (["--target-acc", "1.5"], "outside [0, 1]"),
+    (["--select", "0"], "select >= 1"),
 ])
 def test_sample_bad_input(run_cli, stores, gen_dir, args, message):
     before = ZooStore(stores[0]).count("samples")

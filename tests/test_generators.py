@@ -74,6 +74,20 @@ def test_different_datasets_give_different_samples(fitted):
     assert "digits-pair:5-9" not in fitted.fit_info["conditions"]
 
 
+def test_select_keeps_the_lowest_training_loss_candidates(fitted):
+    ds = load_dataset("digits-pair:0-2")
+    pool, _ = fitted.sample(12, ds, seed=5)  # select=3 with n=4 draws these 12 candidates
+    best, _ = fitted.sample(4, ds, seed=5, select=3)
+    loss = evaluate(pool, fitted.layout, ds, split="train").loss
+    order = torch.sort(loss, stable=True).indices[:4]
+    assert torch.equal(best, pool[order])  # the 4 best of 12, best first; the test split is never used
+    assert evaluate(best, fitted.layout, ds, split="train").loss.max() <= loss.median()
+    assert torch.equal(best, fitted.sample(4, ds, seed=5, select=3)[0])
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(UserError, match="select"):
+            fitted.sample(4, ds, select=bad)
+
+
 def test_dataset_object_and_target_metric(fitted):
     ds = load_dataset("digits-pair:0-1")
     a, _ = fitted.sample(3, ds, seed=1)
