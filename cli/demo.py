@@ -126,7 +126,9 @@ def demo(
         s = _train(PAIRS_ZOO, store_path, 6)
         _say(6, f"zoo '{s.zoo}': {s.models} models on 45 binary pair tasks ({s.trained} trained now) in {s.seconds:.1f}s")
         gen_dir = out / "generator"
-        run_generator(zs, gen_dir, held_out=HELD_OUT, zoo=PAIRS_ZOO, echo=lambda line: _say(6, line))
+        with common.progress_bar("[6] fitting the generator", unit="steps") as update:
+            run_generator(zs, gen_dir, held_out=HELD_OUT, zoo=PAIRS_ZOO, echo=lambda line: _say(6, line),
+                          progress=update)
 
     # [7] the Hub dataset repo's folder, as `wsl publish --dry-run` writes it
     from store.hub import build_folder

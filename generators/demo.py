@@ -17,14 +17,19 @@ from generators.base import DEFAULT_WHERE
 from generators.diffusion import LatentDiffusion
 from generators.protocol import seen_where
 from generators.report import evaluate_generator, record
+from wsl.evaluate import evaluate
+from zoo.datasets import load_dataset
 
 FAST = {"ae_steps": 800, "steps": 1500}
 
 
 def run(store, out: str | Path, held_out: str = "digits-pair:0-2", seen: str = "digits-pair:0-1",
         zoo: str = "digits-pairs", n: int = 100, fast: bool = True,
-        echo: Callable[[str], None] | None = None) -> tuple[list[str], dict[str, Any]]:
-    """Fit, sample, evaluate, save (out/), record in the store; returns printable lines and the summary."""
+        echo: Callable[[str], None] | None = None, progress=None) -> tuple[list[str], dict[str, Any]]:
+    """Fit, sample, evaluate, save (out/), record in the store; returns printable lines and the summary.
+
+    progress: the fit's progress callback (`update(advance, total=, info=)`, as cli.common.progress_bar yields).
+    """
     say = echo or (lambda _s: None)
     lines: list[str] = []
 
@@ -35,7 +40,7 @@ def run(store, out: str | Path, held_out: str = "digits-pair:0-2", seen: str = "
     out = Path(out)
     t0 = time.perf_counter()
     where = seen_where(extra=f"zoo = '{zoo}' AND {DEFAULT_WHERE}")
-    gen = LatentDiffusion.fit(store, where, metric="test_acc", **(FAST if fast else {}))
+    gen = LatentDiffusion.fit(store, where, metric="test_acc", progress=progress, **(FAST if fast else {}))
     gen.save_pretrained(out)
     emit(f"generator {gen.generator_id}: latent diffusion fit on {gen.fit_info['num_train']} checkpoints of "
          f"{len(gen.fit_info['conditions'])} seen tasks in {time.perf_counter() - t0:.0f}s -> {out}")
@@ -60,5 +65,9 @@ def run(store, out: str | Path, held_out: str = "digits-pair:0-2", seen: str = "
             emit("  fine-tuning (steps " + "/".join(map(str, ft["steps"])) + "): generated "
                  + "/".join(f"{v:.3f}" for v in ft["generated"]["mean"]) + ", random init "
                  + "/".join(f"{v:.3f}" for v in ft["random_init"]["mean"]))
+    best, layout = gen.sample(n, held_out, target={"test_acc": 1.0}, select=4)
+    acc = evaluate(best, layout, load_dataset(held_out)).accuracy
+    emit(f"{held_out}, the best {n} of {4 * n} samples by training loss (gen.sample(..., select=4)): accuracy mean "
+         f"{float(acc.mean()):.3f} min {float(acc.min()):.3f}")
     emit(f"report: {out / 'report' / 'report.json'} (+ 3 PNGs), samples stored; evaluation {time.perf_counter() - t1:.0f}s")
     return lines, rep.summary()
