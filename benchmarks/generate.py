@@ -14,6 +14,8 @@
    largest amplitude whose accuracy is still >= the generated models' accuracy - 0.001 is the
    noise model of equal accuracy. The generated models are more novel when they are both
    farther from the training set (NN-L2) and share fewer mistakes with the zoo (max IoU).
+   The same test applied to freshly trained models (the spec with seeds 5-9) says what a
+   generator of genuinely new models could reach.
 5. Speed: generate + evaluate 256 models for one held-out task (warm), fused evaluation vs a
    per-model `load_state_dict` loop on the same 256 models.
 
@@ -77,6 +79,43 @@ def noise_sweep(store, gen, tasks, train_w, n, seed):
             out[a]["iou_max"].append(iou_stats(wrong_sets(r.predictions, ds.y_test),
                                                wrong_sets(ref_res.predictions, ds.y_test))["iou_max_orig_gen"])
     return {a: {k: mean(x for x in v if x == x) for k, v in d.items()} for a, d in out.items()}
+
+
+def noise_of_equal_accuracy(sweep, acc):
+    """The largest swept amplitude whose accuracy is within EQUAL_ACC_TOL below `acc` (None: none is)."""
+    equal = [a for a in SWEEP if sweep[a]["acc"] >= acc - EQUAL_ACC_TOL]
+    return max(equal) if equal else None
+
+
+def beats_noise(sweep, acc, nn_l2, iou_max) -> bool:
+    """Farther from the training set and fewer shared mistakes than the noise of equal accuracy."""
+    a = noise_of_equal_accuracy(sweep, acc)
+    return a is None or (nn_l2 > sweep[a]["nn_l2"] and iou_max < sweep[a]["iou_max"])
+
+
+def fresh_reference(store_dir: Path, gen, zoo_store, tasks, train_w, seeds=(5, 6, 7, 8, 9)):
+    """What independently trained models score on the same novelty metrics: the digits-pairs spec with new seeds.
+
+    A generator that produced genuinely new models could at best look like these.
+    """
+    import tomllib
+
+    data = tomllib.loads((ROOT / "zoo" / "specs" / "digits-pairs.toml").read_text())
+    data.update(name="digits-pairs-fresh-seeds", seeds=list(seeds))
+    fresh = ZooStore(store_dir)
+    train(load_spec(data), fresh)
+    acc, l2, iou = [], [], []
+    for t in tasks:
+        ds = load_dataset(t)
+        ref, _ = zoo_checkpoints(zoo_store, t, gen.layout.layout_id)
+        new, _ = zoo_checkpoints(fresh, t, gen.layout.layout_id)
+        r_ref = evaluate(ref, gen.layout, ds, return_predictions=True)
+        r_new = evaluate(new, gen.layout, ds, return_predictions=True)
+        acc.append(float(r_new.accuracy.mean()))
+        l2.append(float(nearest_l2(new, train_w).mean()))
+        iou.append(iou_stats(wrong_sets(r_new.predictions, ds.y_test),
+                             wrong_sets(r_ref.predictions, ds.y_test))["iou_max_orig_gen"])
+    return {"seeds": list(seeds), "acc": mean(acc), "nn_l2": mean(l2), "iou_max": mean(x for x in iou if x == x)}
 
 
 def timing(gen, task: str, n: int = 256, repeats: int = 3, select: int = 1):
@@ -162,16 +201,21 @@ def main() -> None:
     sweep = noise_sweep(store, gen, seen, train_w, args.n, args.seed)
     g_acc, g_l2 = s["seen"]["generated_mean_acc"], s["seen"]["generated_nn_l2_mean"]
     g_iou = s["seen"].get("generated_iou_max_orig_gen", float("nan"))
-    equal = [a for a in SWEEP if sweep[a]["acc"] >= g_acc - EQUAL_ACC_TOL]
-    a_eq = max(equal) if equal else None
+    a_eq = noise_of_equal_accuracy(sweep, g_acc)
+    fresh = fresh_reference(Path(args.store).parent / "fresh-seeds-store", gen, store, seen, train_w)
+    fresh["beats_noise_at_equal_acc"] = bool(beats_noise(sweep, fresh["acc"], fresh["nn_l2"], fresh["iou_max"]))
+    fresh["noise_equal_acc_amplitude"] = noise_of_equal_accuracy(sweep, fresh["acc"])
     novelty = {"generated_acc": g_acc, "generated_nn_l2": g_l2, "generated_iou_max": g_iou,
                "noise_equal_acc_amplitude": a_eq,
                "noise_equal_acc": sweep[a_eq] if a_eq is not None else None,
-               "sweep": {str(a): v for a, v in sweep.items()}}
-    novel = a_eq is None or (g_l2 > sweep[a_eq]["nn_l2"] and g_iou < sweep[a_eq]["iou_max"])
+               "sweep": {str(a): v for a, v in sweep.items()}, "fresh_models": fresh}
+    novel = beats_noise(sweep, g_acc, g_l2, g_iou)
     eq = sweep[a_eq] if a_eq is not None else {"nn_l2": float("nan"), "iou_max": float("nan")}
     print(f"novelty (seen): generated nn-L2 {g_l2:.3f}, max IoU {g_iou:.3f} at acc {g_acc:.4f}; noise of equal "
           f"accuracy (amplitude {a_eq}): nn-L2 {eq['nn_l2']:.3f}, max IoU {eq['iou_max']:.3f}", flush=True)
+    print(f"freshly trained models (seeds {fresh['seeds']}): acc {fresh['acc']:.4f}, nn-L2 {fresh['nn_l2']:.3f}, "
+          f"max IoU {fresh['iou_max']:.3f}; beat noise of equal accuracy (amplitude "
+          f"{fresh['noise_equal_acc_amplitude']}): {fresh['beats_noise_at_equal_acc']}", flush=True)
 
     speed = timing(gen, held[0], select=args.select)
     print(f"256 models for {held[0]}: generate {speed['generate_s']}s + evaluate {speed['evaluate_fused_s']}s "
