@@ -12,7 +12,13 @@ Two views, reported next to accuracy for generated models and for every baseline
   Convention: a pair where neither model makes any mistake has no defined IoU
   (0/0) and is left out; `iou_pairs_defined` says which fraction of pairs
   counted. On near-perfect tasks most pairs are such pairs, which is why the
-  weight-space distance below is the sharper test there.
+  weight-space distance below is the sharper test there. When the reference
+  checkpoints make no mistake at all, orig-gen and max orig-gen are undefined
+  too: there is no mistake to copy, and a candidate's mistakes there are lost
+  accuracy (the accuracy column shows them), not novelty. Without this rule a
+  noisy baseline would score IoU 0 on every task the zoo solves perfectly while
+  a perfect model scores nothing, and averages over tasks would compare
+  different task sets.
 - Weights: the L2 distance from each model to its nearest training checkpoint.
 """
 from __future__ import annotations
@@ -50,6 +56,8 @@ def iou_stats(candidate_wrong: torch.Tensor, reference_wrong: torch.Tensor) -> d
     cc = _offdiag(iou_matrix(candidate_wrong, candidate_wrong))
     rr = _offdiag(iou_matrix(reference_wrong, reference_wrong))
     rc = iou_matrix(candidate_wrong, reference_wrong)
+    if not bool(reference_wrong.any()):  # nothing to copy: orig-gen undefined (module docstring)
+        rc = torch.full_like(rc, math.nan)
     # max over references, ignoring undefined pairs; a model whose every pair is undefined gives NaN
     filled = torch.where(torch.isnan(rc), torch.full_like(rc, -1.0), rc)
     best = filled.max(1).values if rc.shape[1] else rc.new_full((rc.shape[0],), math.nan)

@@ -87,6 +87,10 @@ def test_iou_and_nearest_l2():
     s = iou_stats(a, b)
     assert s["iou_orig_gen"] == pytest.approx(1 / 6) and s["iou_pairs_defined"] == 0.75
     assert s["iou_max_orig_gen"] == 0.25  # per candidate: max(0.5, 0) and max(0, undefined), averaged
+    # a reference without mistakes leaves nothing to copy: orig-gen is undefined, whatever the candidates do
+    s = iou_stats(a, torch.zeros_like(b))
+    assert math.isnan(s["iou_max_orig_gen"]) and math.isnan(s["iou_orig_gen"]) and s["iou_pairs_defined"] == 0
+    assert s["iou_gen_gen"] == 0  # candidates among themselves: the pair (0, 1) is defined
     d = nearest_l2(torch.tensor([[0.0, 0.0], [3.0, 4.0]]), torch.tensor([[0.0, 1.0], [3.0, 4.0]]))
     assert torch.allclose(d, torch.tensor([1.0, 0.0], dtype=torch.float64))
 
