@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Optional
 
@@ -126,9 +127,14 @@ def demo(
         s = _train(PAIRS_ZOO, store_path, 6)
         _say(6, f"zoo '{s.zoo}': {s.models} models on 45 binary pair tasks ({s.trained} trained now) in {s.seconds:.1f}s")
         gen_dir = out / "generator"
-        with common.progress_bar("[6] fitting the generator", unit="steps") as update:
-            run_generator(zs, gen_dir, held_out=HELD_OUT, zoo=PAIRS_ZOO, echo=lambda line: _say(6, line),
-                          progress=update)
+        with ExitStack() as bar:
+            update = bar.enter_context(common.progress_bar("[6] fitting the generator", unit="steps"))
+
+            def say(line: str) -> None:
+                bar.close()  # the first line comes after the fit: the bar ends above the results
+                _say(6, line)
+
+            run_generator(zs, gen_dir, held_out=HELD_OUT, zoo=PAIRS_ZOO, echo=say, progress=update)
 
     # [7] the Hub dataset repo's folder, as `wsl publish --dry-run` writes it
     from store.hub import build_folder
