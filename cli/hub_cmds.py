@@ -6,7 +6,7 @@
 """
 from __future__ import annotations
 
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from pathlib import Path
 from typing import List, Optional
 
@@ -15,30 +15,11 @@ import typer
 from cli import common
 
 
-def _human(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return str(n)  # pragma: no cover
-
-
 @contextmanager
-def _lazy_bar(description: str):
-    """store.hub's progress callback (rows done, rows in all, table) drawing the shared rich bar.
-
-    The bar appears on the first rows written, so an error before that stays one line.
-    """
-    with ExitStack() as stack:
-        update = None
-
-        def progress(rows: int, total: int, table: str) -> None:
-            nonlocal update
-            if update is None:
-                update = stack.enter_context(common.progress_bar(description, total=total or None, unit="rows"))
-            update(advance=rows, info=table)
-
-        yield progress
+def _rows_bar(description: str):
+    """store.hub's progress callback (rows done, rows in all, table) drawing the shared rich bar."""
+    with common.progress_bar(description, unit="rows") as update:
+        yield lambda rows, total, table: update(advance=rows, total=total or None, info=table)
 
 
 def publish(
@@ -56,14 +37,15 @@ def publish(
     The token comes from HF_TOKEN or `hf auth login`; it is never printed or written.
     """
     from store import hub
+    from store.card import format_bytes
     from store.store import ZooStore
 
     common.check_format(fmt)
     zs = ZooStore(common.store_path(store), create=False)
-    with _lazy_bar("writing shards") as progress:
+    with _rows_bar("writing shards") as progress:
         report = hub.publish(zs, repo_id, where=where, tables=tables, private=private, license=license,
                              dry_run=dry_run, progress=progress)
-    rows = [{k: (_human(v) if k == "bytes" else v) for k, v in r.items()} for r in report.rows()]
+    rows = [{k: (format_bytes(v) if k == "bytes" else v) for k, v in r.items()} for r in report.rows()]
     if fmt == "json":
         common.emit({"published": report.published, "repo_id": report.repo_id, "url": report.url,
                      "license": report.build.manifest["license"],
@@ -76,11 +58,11 @@ def publish(
         typer.echo(f"note: {note}", err=True)
     typer.echo(f"license: {report.build.manifest['license']} (choose another with --license)")
     if report.published:
-        typer.echo(f"published {report.repo_id}: {report.url} ({report.num_files} files, {_human(report.bytes)}, "
+        typer.echo(f"published {report.repo_id}: {report.url} ({report.num_files} files, {format_bytes(report.bytes)}, "
                    f"{report.method})")
         typer.echo(f"load it: datasets.load_dataset(\"{report.repo_id}\", \"models\") or `wsl pull {report.repo_id}`")
     else:
-        typer.echo(f"dry run: wrote {dry_run} ({report.num_files} files, {_human(report.bytes)}); nothing uploaded")
+        typer.echo(f"dry run: wrote {dry_run} ({report.num_files} files, {format_bytes(report.bytes)}); nothing uploaded")
         typer.echo(f"load it: datasets.load_dataset(\"{dry_run}\", \"models\"), or `wsl pull {dry_run} --store DIR`")
 
 
@@ -97,7 +79,7 @@ def pull(
 
     common.check_format(fmt)
     path = common.store_path(store)
-    with _lazy_bar("importing") as progress:
+    with _rows_bar("importing") as progress:
         report = hub.pull(source, path, tables=tables, weights=weights, revision=revision, progress=progress)
     if fmt == "json":
         common.emit({"source": report.source, "store": str(report.store), "tables": report.tables,

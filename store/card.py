@@ -205,7 +205,8 @@ def _md_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(out)
 
 
-def _fmt_bytes(n: int) -> str:
+def format_bytes(n: float) -> str:
+    """Bytes for people: 950 B, 12.3 MB (powers of 1000, as the Hub shows sizes)."""
     for unit in ("B", "KB", "MB", "GB", "TB"):
         if n < 1000 or unit == "TB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
@@ -238,7 +239,7 @@ def render(manifest: Mapping[str, Any], summary: Mapping[str, Any], repo_id: str
     # ----- summary -----
     parts.append("## Summary\n")
     parts.append(_md_table(["table", "config", "rows", "files", "size"],
-                           [[t, f"`{t}`", info["rows"], len(info["files"]), _fmt_bytes(info["bytes"])]
+                           [[t, f"`{t}`", info["rows"], len(info["files"]), format_bytes(info["bytes"])]
                             for t, info in tables.items()]) + "\n")
     if summary.get("architectures"):
         parts.append("**Architectures**\n")
