@@ -15,7 +15,8 @@
    noise model of equal accuracy. The generated models are more novel when they are both
    farther from the training set (NN-L2) and share fewer mistakes with the zoo (max IoU).
    The same test applied to freshly trained models (the spec with seeds 5-9) says what a
-   generator of genuinely new models could reach.
+   generator of genuinely new models could reach; the `interp` baseline (aligned interpolation of
+   two zoo checkpoints) shows what distance alone is worth.
 5. Speed: generate + evaluate 256 models for one held-out task (warm), fused evaluation vs a
    per-model `load_state_dict` loop on the same 256 models.
 
@@ -40,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 
 from generators import LatentDiffusion  # noqa: E402
 from generators.base import DEFAULT_WHERE  # noqa: E402
-from generators.baselines import noise  # noqa: E402
+from generators.baselines import KINDS as BASELINES, noise  # noqa: E402
 from generators.novelty import iou_stats, nearest_l2, wrong_sets  # noqa: E402
 from generators.protocol import held_out_tasks, seen_tasks, seen_where  # noqa: E402
 from generators.report import evaluate_generator, training_weights, zoo_checkpoints  # noqa: E402
@@ -205,10 +206,15 @@ def main() -> None:
     fresh = fresh_reference(Path(args.store).parent / "fresh-seeds-store", gen, store, seen, train_w)
     fresh["beats_noise_at_equal_acc"] = bool(beats_noise(sweep, fresh["acc"], fresh["nn_l2"], fresh["iou_max"]))
     fresh["noise_equal_acc_amplitude"] = noise_of_equal_accuracy(sweep, fresh["acc"])
+    sn = s["seen"]
+    interp = {"acc": sn["interp_mean_acc"], "nn_l2": sn["interp_nn_l2_mean"],
+              "iou_max": sn.get("interp_iou_max_orig_gen", float("nan"))}
+    interp["beats_noise_at_equal_acc"] = bool(beats_noise(sweep, interp["acc"], interp["nn_l2"], interp["iou_max"]))
+    interp["noise_equal_acc_amplitude"] = noise_of_equal_accuracy(sweep, interp["acc"])
     novelty = {"generated_acc": g_acc, "generated_nn_l2": g_l2, "generated_iou_max": g_iou,
                "noise_equal_acc_amplitude": a_eq,
                "noise_equal_acc": sweep[a_eq] if a_eq is not None else None,
-               "sweep": {str(a): v for a, v in sweep.items()}, "fresh_models": fresh}
+               "sweep": {str(a): v for a, v in sweep.items()}, "fresh_models": fresh, "interp_baseline": interp}
     novel = beats_noise(sweep, g_acc, g_l2, g_iou)
     eq = sweep[a_eq] if a_eq is not None else {"nn_l2": float("nan"), "iou_max": float("nan")}
     print(f"novelty (seen): generated nn-L2 {g_l2:.3f}, max IoU {g_iou:.3f} at acc {g_acc:.4f}; noise of equal "
@@ -216,6 +222,9 @@ def main() -> None:
     print(f"freshly trained models (seeds {fresh['seeds']}): acc {fresh['acc']:.4f}, nn-L2 {fresh['nn_l2']:.3f}, "
           f"max IoU {fresh['iou_max']:.3f}; beat noise of equal accuracy (amplitude "
           f"{fresh['noise_equal_acc_amplitude']}): {fresh['beats_noise_at_equal_acc']}", flush=True)
+    print(f"aligned interpolation of zoo checkpoints (baseline interp): acc {interp['acc']:.4f}, nn-L2 "
+          f"{interp['nn_l2']:.3f}, max IoU {interp['iou_max']:.3f}; beats noise of equal accuracy (amplitude "
+          f"{interp['noise_equal_acc_amplitude']}): {interp['beats_noise_at_equal_acc']}", flush=True)
 
     speed = timing(gen, held[0], select=args.select)
     print(f"256 models for {held[0]}: generate {speed['generate_s']}s + evaluate {speed['evaluate_fused_s']}s "
@@ -240,8 +249,8 @@ def main() -> None:
         "heldout_generated_mean_min": round(mean(c.accuracy["generated"]["min"] for c in rep.conditions if not c.seen), 4),
         "finetune": {"steps": s["unseen"].get("finetune_steps"), "heldout_generated": s["unseen"].get("finetune_generated"),
                      "heldout_random_init": s["unseen"].get("finetune_random_init")},
-        "baselines_seen": {k: round(s["seen"][f"{k}_mean_acc"], 4) for k in ("noise-0.06", "noise-0.12", "avg16", "gaussfit")},
-        "baselines_heldout": {k: round(s["unseen"][f"{k}_mean_acc"], 4) for k in ("noise-0.06", "noise-0.12", "avg16", "gaussfit")},
+        "baselines_seen": {k: round(s["seen"][f"{k}_mean_acc"], 4) for k in BASELINES},
+        "baselines_heldout": {k: round(s["unseen"][f"{k}_mean_acc"], 4) for k in BASELINES},
         "novelty": novelty,
         "speed": speed,
         "targets": {"seen_ge_zoo": g_acc >= seen_zoo,

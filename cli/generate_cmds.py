@@ -192,7 +192,7 @@ def eval_cmd(
     import pandas as pd
 
     from generators.base import check_n
-    from generators.report import default_conditions, evaluate_generator, record
+    from generators.report import KINDS_ORDER, default_conditions, evaluate_generator, record
     from zoo import load_dataset
 
     common.check_format(fmt, ("table", "json"))
@@ -222,7 +222,7 @@ def eval_cmd(
     per = []
     for c in rep.conditions:
         row = {"condition": c.condition, "seen": c.seen}
-        for kind in ("generated", "zoo", "noise-0.06", "noise-0.12", "avg16", "gaussfit"):
+        for kind in KINDS_ORDER:
             if c.accuracy.get(kind, {}).get("n"):
                 row[kind] = c.accuracy[kind]["mean"]
         g = c.accuracy["generated"]

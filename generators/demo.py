@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from generators.base import DEFAULT_WHERE
+from generators.baselines import KINDS as BASELINES
 from generators.diffusion import LatentDiffusion
 from generators.protocol import seen_where
 from generators.report import evaluate_generator, record
@@ -58,8 +59,7 @@ def run(store, out: str | Path, held_out: str = "digits-pair:0-2", seen: str = "
         n6 = c.novelty.get("noise-0.06", {})
         emit(f"  novelty: distance to nearest training checkpoint {nv.get('nn_l2_mean', float('nan')):.2f} "
              f"(zoo checkpoints + 6% noise: {n6.get('nn_l2_mean', float('nan')):.2f}); baselines' mean accuracy: "
-             + ", ".join(f"{k} {c.accuracy[k]['mean']:.3f}" for k in ("noise-0.06", "noise-0.12", "avg16", "gaussfit")
-                         if k in c.accuracy))
+             + ", ".join(f"{k} {c.accuracy[k]['mean']:.3f}" for k in BASELINES if k in c.accuracy))
         if c.finetune:
             ft = c.finetune
             emit("  fine-tuning (steps " + "/".join(map(str, ft["steps"])) + "): generated "

@@ -4,8 +4,10 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from generators.baselines import KINDS as BASELINES
+
 COLORS = {"generated": "tab:blue", "zoo": "tab:green", "noise-0.06": "tab:orange", "noise-0.12": "tab:red",
-          "avg16": "tab:purple", "gaussfit": "tab:brown", "random_init": "tab:gray"}
+          "avg16": "tab:purple", "gaussfit": "tab:brown", "interp": "tab:olive", "random_init": "tab:gray"}
 
 
 def _plt():
@@ -28,7 +30,7 @@ def plot_report(report, directory: str | Path) -> list[Path]:
     d = Path(directory)
     out = []
     conds = report.conditions
-    kinds = [k for k in ("zoo", "generated", "noise-0.06", "noise-0.12", "avg16", "gaussfit")
+    kinds = [k for k in ("zoo", "generated") + BASELINES
              if any(c.accuracy.get(k, {}).get("n") for c in conds)]
 
     # 1. accuracy per condition: mean (marker) and min..best (line) of every kind

@@ -38,7 +38,7 @@ from store.errors import UserError
 from wsl.data import Dataset
 from wsl.evaluate import evaluate
 
-KINDS_ORDER = ("generated", "zoo", "noise-0.06", "noise-0.12", "avg16", "gaussfit")
+KINDS_ORDER = ("generated", "zoo") + bl.KINDS
 
 
 def acc_stats(acc: torch.Tensor) -> dict[str, float]:

@@ -54,10 +54,10 @@ def test_report_and_samples_table(zoo_store, tmp_path):
     seen, unseen = rep.conditions
     assert seen.seen and not unseen.seen and seen.condition == "digits-pair:0-1|test_acc=1"
     for c in rep.conditions:
-        assert set(c.accuracy) == {"generated", "zoo", "noise-0.06", "noise-0.12", "avg16", "gaussfit"}
+        assert set(c.accuracy) == {"generated", "zoo", "noise-0.06", "noise-0.12", "avg16", "gaussfit", "interp"}
         g = c.accuracy["generated"]
         assert g["n"] == 6 and g["min"] <= g["median"] <= g["best"] and c.accuracy["zoo"]["n"] == 2
-        assert set(c.novelty) == {"generated", "noise-0.06", "noise-0.12", "avg16", "gaussfit"}
+        assert set(c.novelty) == {"generated", "noise-0.06", "noise-0.12", "avg16", "gaussfit", "interp"}
         assert c.novelty["generated"]["nn_l2_mean"] > 0
         assert c.finetune["steps"] == [0, 1, 2] and len(c.finetune["random_init"]["mean"]) == 3
     s = rep.summary()
@@ -67,9 +67,10 @@ def test_report_and_samples_table(zoo_store, tmp_path):
     assert json.loads((out / "report.json").read_text())["summary"]["seen"]["conditions"] == 1
 
     written = record(st, gen, rep, tmp_path / "gen")
-    assert written == {"samples": 2 * 5 * 6, "generators": 1}
+    assert written == {"samples": 2 * 6 * 6, "generators": 1}
     df = st.sql("SELECT kind, count(*) AS n, avg(test_acc) AS acc FROM samples GROUP BY kind ORDER BY kind")
-    assert dict(zip(df.kind, df.n)) == {"avg16": 12, "gaussfit": 12, "generated": 12, "noise-0.06": 12, "noise-0.12": 12}
+    assert dict(zip(df.kind, df.n)) == {"avg16": 12, "gaussfit": 12, "generated": 12, "interp": 12, "noise-0.06": 12,
+                                      "noise-0.12": 12}
     row = st.sql("SELECT * FROM generators")
     assert row.generator_id[0] == gen.generator_id and json.loads(row.report[0])["n"] == 6
     w, meta = st.weights("SELECT sample_id FROM samples WHERE kind = 'generated' ORDER BY sample_id", table="samples")
@@ -103,7 +104,7 @@ def test_baselines_are_seeded_and_scaled():
     ref = torch.randn(5, 400, generator=g)
     a = baselines(ref, layout, 8, seed=3)
     b = baselines(ref, layout, 8, seed=3)
-    assert set(a) == {"noise-0.06", "noise-0.12", "avg16", "gaussfit"}
+    assert set(a) == {"noise-0.06", "noise-0.12", "avg16", "gaussfit", "interp"}
     assert all(torch.equal(a[k], b[k]) and a[k].shape == (8, 400) for k in a)
     # relative amplitude: the 0.12 noise is about twice as far from its source checkpoint as the 0.06 noise
     d6 = nearest_l2(a["noise-0.06"], ref).mean()
@@ -111,3 +112,26 @@ def test_baselines_are_seeded_and_scaled():
     assert 1.8 < float(d12 / d6) < 2.2 and 0.05 < float(d6 / ref.norm(dim=1).mean()) < 0.07
     with pytest.raises(UserError):
         baselines(torch.empty(0, 400), layout, 8)
+
+
+def test_interp_baseline_mixes_aligned_pairs():
+    from generators.baselines import interpolate
+    from wsl import ParamLayout
+    from wsl.align import random_permutation
+
+    layout = ParamLayout.from_config({"name": "mlp", "in_features": 6, "out_features": 3, "width": 5, "depth": 2})
+    g = torch.Generator().manual_seed(0)
+    base = torch.randn(1, layout.num_params, generator=g)
+    # two references that are the same function with their hidden units permuted: aligned, they coincide
+    ref = torch.cat([base, random_permutation(base, layout, torch.Generator().manual_seed(1))])
+    assert not torch.allclose(ref[0], ref[1])
+    out = interpolate(ref, layout, 6, torch.Generator().manual_seed(2))
+    assert out.shape == (6, layout.num_params)
+    for row in out:  # every mix of the pair is one of the two stored orderings of the same network
+        assert min(float((row - r).abs().max()) for r in ref) < 1e-5
+    again = interpolate(ref, layout, 6, torch.Generator().manual_seed(2))
+    assert torch.equal(out, again)
+    # a layout without a known symmetry is mixed as stored: a proper interpolation, away from both ends
+    flat = ParamLayout([("w", (3, 4))])
+    mixed = interpolate(torch.stack([torch.zeros(12), torch.ones(12)]), flat, 20, torch.Generator().manual_seed(0))
+    assert bool(((mixed > 0.24) & (mixed < 0.76)).all()) and float(mixed.std()) > 0.05
