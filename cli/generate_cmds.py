@@ -183,7 +183,7 @@ def eval_cmd(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Report directory (default: GEN_DIR/report)."),
     seed: int = typer.Option(0, "--seed", help="Sampling seed."),
     target_acc: Optional[float] = typer.Option(None, "--target-acc", help="Target test accuracy (generators fit with --metric test_acc)."),
-    no_baselines: bool = typer.Option(False, "--no-baselines", help="Skip the noise / average / Gaussian-fit baselines."),
+    no_baselines: bool = typer.Option(False, "--no-baselines", help="Skip the baselines (noise, checkpoint average, Gaussian fit, aligned interpolation)."),
     finetune_models: int = typer.Option(16, "--finetune-models", help="Models per fine-tuning curve (0 skips the curves)."),
     select: int = typer.Option(1, "--select", help="Draw SELECT x n candidates, keep the n with the lowest training-split loss (1 = every sample)."),
     fmt: str = common.FormatOption,
