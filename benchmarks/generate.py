@@ -1,7 +1,8 @@
 """Weights for seen and unseen datasets: the digits-pairs protocol, end to end (last line: JSON).
 
 1. Train the built-in `digits-pairs` zoo (zoo/specs/digits-pairs.toml: 45 binary tasks x 5 seeds,
-   mlp 64-32-32-2, 3,202 parameters) into a store with `zoo.train` (reused when already there).
+   mlp 64-32-32-2, 3,202 parameters) into a store with `zoo.train` (reused when already there);
+   `--seeds N` trains the same spec with N initialisations per task into its own store.
 2. Fit a latent-diffusion generator on the last checkpoints of the 35 seen tasks only
    (generators/protocol.py), conditioned on the dataset and on test accuracy (G.pt style).
 3. For every one of the 45 tasks, the report (generators/report.py): n generated models
@@ -94,17 +95,24 @@ def beats_noise(sweep, acc, nn_l2, iou_max) -> bool:
     return a is None or (nn_l2 > sweep[a]["nn_l2"] and iou_max < sweep[a]["iou_max"])
 
 
+def zoo_spec(seeds: int = 5, name: str | None = None, seed_list=None):
+    """The built-in digits-pairs spec, with `seeds` initialisations per task (or exactly `seed_list`)."""
+    import tomllib
+
+    data = tomllib.loads((ROOT / "zoo" / "specs" / "digits-pairs.toml").read_text())
+    data.update(seeds=list(seed_list) if seed_list is not None else int(seeds))
+    if name:
+        data.update(name=name)
+    return load_spec(data)
+
+
 def fresh_reference(store_dir: Path, gen, zoo_store, tasks, train_w, seeds=(5, 6, 7, 8, 9)):
     """What independently trained models score on the same novelty metrics: the digits-pairs spec with new seeds.
 
     A generator that produced genuinely new models could at best look like these.
     """
-    import tomllib
-
-    data = tomllib.loads((ROOT / "zoo" / "specs" / "digits-pairs.toml").read_text())
-    data.update(name="digits-pairs-fresh-seeds", seeds=list(seeds))
     fresh = ZooStore(store_dir)
-    train(load_spec(data), fresh)
+    train(zoo_spec(name="digits-pairs-fresh-seeds", seed_list=seeds), fresh)
     acc, l2, iou = [], [], []
     for t in tasks:
         ds = load_dataset(t)
@@ -149,8 +157,11 @@ def timing(gen, task: str, n: int = 256, repeats: int = 3, select: int = 1):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--store", default="/tmp/wsl-bench-generate/store", help="store for the digits-pairs zoo (reused)")
-    ap.add_argument("--out", default="/tmp/wsl-bench-generate/gen", help="generator + report directory")
+    ap.add_argument("--store", default=None, help="store for the digits-pairs zoo, reused (default: "
+                    "/tmp/wsl-bench-generate/store, or store-seedsN with --seeds N)")
+    ap.add_argument("--out", default=None, help="generator + report directory (default: beside the store)")
+    ap.add_argument("--seeds", type=int, default=5, help="initialisations per task in the zoo (the spec has 5); the "
+                    "fresh-model reference then uses the next 5 seeds")
     ap.add_argument("-n", type=int, default=100, help="generated models per task (and per baseline)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--steps", type=int, default=None, help="denoiser steps (default: the generator's)")
@@ -159,13 +170,18 @@ def main() -> None:
                     help="headline runs keep the best n of select*n samples by training-split loss (1 = raw samples, "
                          "reported beside it either way)")
     args = ap.parse_args()
+    if args.seeds < 2:
+        ap.error("--seeds must be >= 2")
+    base = Path("/tmp/wsl-bench-generate")
+    args.store = args.store or str(base / ("store" if args.seeds == 5 else f"store-seeds{args.seeds}"))
+    args.out = args.out or str(base / ("gen" if args.seeds == 5 else f"gen-seeds{args.seeds}"))
     load_start = load1()
     t_start = time.perf_counter()
     print(f"threads {torch.get_num_threads()}, 1-min load {load_start}", flush=True)
 
     store = ZooStore(args.store)
     t0 = time.perf_counter()
-    summary = train(load_spec("digits-pairs"), store)
+    summary = train(zoo_spec(args.seeds), store)
     t_zoo = time.perf_counter() - t0
     print(f"zoo: {summary.models} models ({summary.trained} trained now) in {t_zoo:.1f}s", flush=True)
 
@@ -203,7 +219,9 @@ def main() -> None:
     g_acc, g_l2 = s["seen"]["generated_mean_acc"], s["seen"]["generated_nn_l2_mean"]
     g_iou = s["seen"].get("generated_iou_max_orig_gen", float("nan"))
     a_eq = noise_of_equal_accuracy(sweep, g_acc)
-    fresh = fresh_reference(Path(args.store).parent / "fresh-seeds-store", gen, store, seen, train_w)
+    fresh_seeds = tuple(range(args.seeds, args.seeds + 5))
+    fresh = fresh_reference(Path(args.store).parent / f"fresh-seeds-{fresh_seeds[0]}-{fresh_seeds[-1]}-store", gen, store,
+                            seen, train_w, fresh_seeds)
     fresh["beats_noise_at_equal_acc"] = bool(beats_noise(sweep, fresh["acc"], fresh["nn_l2"], fresh["iou_max"]))
     fresh["noise_equal_acc_amplitude"] = noise_of_equal_accuracy(sweep, fresh["acc"])
     sn = s["seen"]
@@ -257,7 +275,7 @@ def main() -> None:
                     "heldout_ge_95pct": s["unseen"]["generated_mean_acc"] >= 0.95 * held_zoo,
                     "novelty_beats_noise_at_equal_acc": bool(novel),
                     "generate_and_evaluate_256_le_10s": speed["generate_and_evaluate_s"] <= 10.0},
-        "n_per_task": args.n, "fit_s": round(t_fit, 1), "zoo_s": round(t_zoo, 1), "report_s": round(t_eval, 1),
+        "n_per_task": args.n, "zoo_seeds": args.seeds, "fit_s": round(t_fit, 1), "zoo_s": round(t_zoo, 1), "report_s": round(t_eval, 1),
         "total_s": round(time.perf_counter() - t_start, 1), "generator_id": gen.generator_id,
         "threads": torch.get_num_threads(), "torch": torch.__version__, "load_1min": [load_start, load1()],
     }
