@@ -20,9 +20,8 @@ for that same dataset (`reference`, [m, P]):
               checkpoint where noise of that accuracy is at 1.6, max IoU with the
               zoo 0.86 against the noise's 0.84), so a generator whose samples are
               "far" only because they sit between its training checkpoints shows
-              up here. Without a
-              known permutation symmetry (transformer) the pair is mixed as stored;
-              with one reference, it is mixed with itself.
+              up here. Without a known permutation symmetry (transformer) the
+              pair is mixed as stored; with one reference, it is mixed with itself.
 
 All are seeded: the same (references, n, seed) give the same weights.
 """
