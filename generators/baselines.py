@@ -66,7 +66,7 @@ def gaussian_fit(reference: torch.Tensor, n: int, generator: torch.Generator) ->
 
 def interpolate(reference: torch.Tensor, layout: ParamLayout, n: int, generator: torch.Generator) -> torch.Tensor:
     from generators.symmetry import alignable
-    from wsl.align import apply_permutation, weight_matching
+    from wsl.align import align
 
     ref = reference.to(torch.float32)
     m = len(ref)
@@ -77,8 +77,7 @@ def interpolate(reference: torch.Tensor, layout: ParamLayout, n: int, generator:
     rows = []
     for i, j in zip(first.tolist(), second.tolist()):
         if (i, j) not in matched:
-            matched[i, j] = (apply_permutation(ref[j], layout, weight_matching(ref[i], ref[j], layout))
-                             if i != j and alignable(layout) else ref[j])
+            matched[i, j] = align(ref[i], ref[j], layout) if i != j and alignable(layout) else ref[j]
         rows.append(matched[i, j])
     return lam * ref[first] + (1 - lam) * torch.stack(rows)
 
