@@ -95,6 +95,13 @@ def beats_noise(sweep, acc, nn_l2, iou_max) -> bool:
     return a is None or (nn_l2 > sweep[a]["nn_l2"] and iou_max < sweep[a]["iou_max"])
 
 
+def versus_noise(sweep, entry: dict) -> dict:
+    """`entry` (acc, nn_l2, iou_max) with its verdict against the noise of equal accuracy added."""
+    entry["beats_noise_at_equal_acc"] = bool(beats_noise(sweep, entry["acc"], entry["nn_l2"], entry["iou_max"]))
+    entry["noise_equal_acc_amplitude"] = noise_of_equal_accuracy(sweep, entry["acc"])
+    return entry
+
+
 def zoo_spec(seeds: int = 5, name: str | None = None, seed_list=None):
     """The built-in digits-pairs spec, with `seeds` initialisations per task (or exactly `seed_list`)."""
     import tomllib
@@ -220,15 +227,12 @@ def main() -> None:
     g_iou = s["seen"].get("generated_iou_max_orig_gen", float("nan"))
     a_eq = noise_of_equal_accuracy(sweep, g_acc)
     fresh_seeds = tuple(range(args.seeds, args.seeds + 5))
-    fresh = fresh_reference(Path(args.store).parent / f"fresh-seeds-{fresh_seeds[0]}-{fresh_seeds[-1]}-store", gen, store,
-                            seen, train_w, fresh_seeds)
-    fresh["beats_noise_at_equal_acc"] = bool(beats_noise(sweep, fresh["acc"], fresh["nn_l2"], fresh["iou_max"]))
-    fresh["noise_equal_acc_amplitude"] = noise_of_equal_accuracy(sweep, fresh["acc"])
+    fresh = versus_noise(sweep, fresh_reference(
+        Path(args.store).parent / f"fresh-seeds-{fresh_seeds[0]}-{fresh_seeds[-1]}-store", gen, store, seen, train_w,
+        fresh_seeds))
     sn = s["seen"]
-    interp = {"acc": sn["interp_mean_acc"], "nn_l2": sn["interp_nn_l2_mean"],
-              "iou_max": sn.get("interp_iou_max_orig_gen", float("nan"))}
-    interp["beats_noise_at_equal_acc"] = bool(beats_noise(sweep, interp["acc"], interp["nn_l2"], interp["iou_max"]))
-    interp["noise_equal_acc_amplitude"] = noise_of_equal_accuracy(sweep, interp["acc"])
+    interp = versus_noise(sweep, {"acc": sn["interp_mean_acc"], "nn_l2": sn["interp_nn_l2_mean"],
+                                  "iou_max": sn.get("interp_iou_max_orig_gen", float("nan"))})
     novelty = {"generated_acc": g_acc, "generated_nn_l2": g_l2, "generated_iou_max": g_iou,
                "noise_equal_acc_amplitude": a_eq,
                "noise_equal_acc": sweep[a_eq] if a_eq is not None else None,
