@@ -15,9 +15,9 @@
    largest amplitude whose accuracy is still >= the generated models' accuracy - 0.001 is the
    noise model of equal accuracy. The generated models are more novel when they are both
    farther from the training set (NN-L2) and share fewer mistakes with the zoo (max IoU).
-   The same test applied to freshly trained models (the spec with seeds 5-9) says what a
-   generator of genuinely new models could reach; the `interp` baseline (aligned interpolation of
-   two zoo checkpoints) shows what distance alone is worth.
+   The same test applied to freshly trained models (the spec with the next 5 seeds: 5-9 for the
+   5-seed zoo) says what a generator of genuinely new models could reach; the `interp` baseline
+   (aligned interpolation of two zoo checkpoints) shows what distance alone is worth.
 5. Speed: generate + evaluate 256 models for one held-out task (warm), fused evaluation vs a
    per-model `load_state_dict` loop on the same 256 models.
 
