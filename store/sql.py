@@ -104,11 +104,15 @@ def _quote(s: str) -> str:
     return "'" + s.replace("'", "''") + "'"
 
 
-def run(con: duckdb.DuckDBPyConnection, query: str) -> pa.Table:
-    """Run a checked read-only query; DuckDB errors become UserErrors carrying DuckDB's message."""
+def run(con: duckdb.DuckDBPyConnection, query: str, params=None) -> pa.Table:
+    """Run a checked read-only query; DuckDB errors become UserErrors carrying DuckDB's message.
+
+    params: values bound to the query's `$name` (a dict) or `?` (a list) placeholders. Our own
+    literals always travel this way, never spliced into the SQL text.
+    """
     check_select(query)
     try:
-        rel = con.sql(query)
+        rel = con.sql(query, params=params) if params else con.sql(query)
         return rel.to_arrow_table() if rel is not None else pa.table({})
     except duckdb.Error as e:
         raise UserError(f"SQL error: {_first_line(e)}", "fix the query (tables: see `wsl store tables`)") from None

@@ -213,21 +213,24 @@ class ZooStore:
         return f"read_parquet([{files}], union_by_name=true)"
 
     # ----- SQL ----------------------------------------------------------------
-    def arrow(self, query: str) -> pa.Table:
-        """Run a read-only SELECT over the store's views; an Arrow table."""
+    def arrow(self, query: str, params=None) -> pa.Table:
+        """Run a read-only SELECT over the store's views; an Arrow table.
+
+        params: values for the query's `$name` (dict) or `?` (list) placeholders.
+        """
         with self._lock:
             try:
-                return sql.run(self.connection(), query)
+                return sql.run(self.connection(), query, params)
             except UserError as e:
                 if not _vanished(e):
                     raise
                 # a part was compacted away between listing and reading: list again, once
                 self._ro_signature = None
-                return sql.run(self.connection(), query)
+                return sql.run(self.connection(), query, params)
 
-    def sql(self, query: str) -> pd.DataFrame:
-        """Run a read-only SELECT over the store's views; a pandas DataFrame."""
-        return self.arrow(query).to_pandas()
+    def sql(self, query: str, params=None) -> pd.DataFrame:
+        """Run a read-only SELECT over the store's views; a pandas DataFrame (params as in `arrow`)."""
+        return self.arrow(query, params).to_pandas()
 
     # ----- appends --------------------------------------------------------------
     def append(self, table: str, rows: Any) -> int:
