@@ -22,7 +22,11 @@ import typer
 from cli import common
 from store.errors import UserError
 
-METHODS_PLANNED = ("vqar", "hyper")
+
+def _method_help() -> str:
+    from generators.registry import method_names
+
+    return f"Generator method (registry: {', '.join(method_names())}; third-party methods through the 'wsl.generators' entry point)."
 
 
 def _open_store(store: Optional[Path], create: bool):
@@ -61,7 +65,7 @@ def _load(gen_dir: Path):
 
 # --------------------------------------------------------------------------- fit
 def fit_cmd(
-    method: str = typer.Option("diffusion", "--method", help="Generator method: diffusion (vqar and hyper are planned)."),
+    method: str = typer.Option("diffusion", "--method", help=_method_help()),
     store: Optional[Path] = common.StoreOption,
     where: Optional[str] = typer.Option(None, "--where", "-w", help="SQL condition over checkpoints JOIN models (default: the last checkpoint of every finished model)."),
     out: Path = typer.Option(..., "--out", "-o", help="Directory for the fitted generator (config.json + model.safetensors)."),
@@ -75,13 +79,10 @@ def fit_cmd(
     fmt: str = common.FormatOption,
 ) -> None:
     """Fit a weight generator on the checkpoints a SQL filter selects; save it to --out."""
-    from generators import METHODS, read_config
+    from generators import get_method, read_config
 
     common.check_format(fmt, ("table", "json"))
-    if method in METHODS_PLANNED:
-        raise UserError(f"generator method {method!r} is not implemented yet", "use --method diffusion")
-    if method not in METHODS:
-        raise UserError(f"unknown generator method {method!r}", f"use one of: {', '.join(sorted(METHODS))}")
+    klass = get_method(method)  # an unknown name is a UserError listing what the registry has
     if protocol is not None:
         if protocol != "digits-pairs":
             raise UserError(f"unknown --protocol {protocol!r}", "use digits-pairs")
@@ -94,7 +95,6 @@ def fit_cmd(
         config["steps"] = steps
     if ae_steps is not None:
         config["ae_steps"] = ae_steps
-    klass = METHODS[method]
     klass(**config)  # validates the options before any work
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a directory", "give a new or existing directory")
@@ -136,9 +136,10 @@ def sample_cmd(
     """Generate n models for a dataset, score them (fused) and append them to the `samples` table."""
     import torch
 
-    from generators.base import Condition, check_n
-    from generators.report import check_store_layout, sample_kind, sample_rows, training_weights
-    from generators.novelty import nearest_l2
+    from generators.conditions import Condition, check_n
+    from generators.evaluation.novelty import nearest_l2
+    from generators.evaluation.records import record_generator, sample_kind, sample_rows
+    from generators.evaluation.references import check_store_layout, training_weights
     from wsl.evaluate import evaluate
     from zoo import load_dataset
 
@@ -160,6 +161,7 @@ def sample_cmd(
     t_all = time.perf_counter() - t0
     rows = sample_rows(gen, cond.label(), ds.dataset_id, seed, sample_kind("generated", select),
                        {"test_loss": res.loss, "test_acc": res.accuracy, "nn_l2": nn})
+    record_generator(zs, gen, gen_dir, None)  # a samples row always names a generator that has a row
     written = zs.append_weights("samples", w, rows, layout)
     score = res.accuracy if ds.task == "classification" else res.r2
     summary = {"generator_id": gen.generator_id, "condition": cond.label(),
@@ -191,8 +193,9 @@ def eval_cmd(
     """The report: accuracy vs the zoo, novelty vs baselines, fine-tuning curves; PNG + JSON, stored in the store."""
     import pandas as pd
 
-    from generators.base import check_n
-    from generators.report import KINDS_ORDER, default_conditions, evaluate_generator, record
+    from generators.conditions import check_n
+    from generators.evaluation.records import record
+    from generators.evaluation.report import KINDS_ORDER, default_conditions, evaluate_generator
     from zoo import load_dataset
 
     common.check_format(fmt, ("table", "json"))

@@ -13,11 +13,11 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from generators.base import DEFAULT_WHERE
-from generators.baselines import KINDS as BASELINES
+from generators.evaluation.baselines import KINDS as BASELINES
 from generators.diffusion import LatentDiffusion
 from generators.protocol import seen_where
-from generators.report import evaluate_generator, record
+from generators.evaluation.records import record
+from generators.evaluation.report import evaluate_generator
 from wsl.evaluate import evaluate
 from zoo.datasets import load_dataset
 
@@ -40,8 +40,9 @@ def run(store, out: str | Path, held_out: str = "digits-pair:0-2", seen: str = "
 
     out = Path(out)
     t0 = time.perf_counter()
-    where = seen_where(extra=f"zoo = '{zoo}' AND {DEFAULT_WHERE}")
-    gen = LatentDiffusion.fit(store, where, metric="test_acc", progress=progress, **(FAST if fast else {}))
+    # the seen tasks' last checkpoints of the zoo; the zoo's name travels as a bound parameter
+    gen = LatentDiffusion.fit(store, seen_where(extra="zoo = $zoo"), params={"zoo": zoo}, last=True, metric="test_acc",
+                              progress=progress, **(FAST if fast else {}))
     gen.save_pretrained(out)
     emit(f"generator {gen.generator_id}: latent diffusion fit on {gen.fit_info['num_train']} checkpoints of "
          f"{len(gen.fit_info['conditions'])} seen tasks in {time.perf_counter() - t0:.0f}s -> {out}")

@@ -65,7 +65,8 @@ def test_fit_sample_eval(run_cli, stores, gen_dir, tmp_path):
                              "--format", "json")
     assert code == 0, err
     r = json.loads(out)
-    assert set(r["summary"]) == {"seen", "unseen"} and r["written"]["generators"] == 1
+    assert set(r["summary"]) == {"seen", "unseen"} and r["written"]["generators"] == 0  # `sample` wrote the row
+    assert ZooStore(stores[0]).count("generators") == 1 and ZooStore(stores[0]).count("generator_reports") == 1
     assert (rep_dir / "report.json").is_file() and (rep_dir / "novelty.png").is_file()
     code, out, err = run_cli("generate", "eval", gen_dir, "--store", stores[0], "-n", "4", "--finetune-models", "0",
                              "--no-baselines", "--out", tmp_path / "rep2", "--format", "json")
@@ -109,7 +110,7 @@ def test_fit_bad_input(run_cli, stores, tmp_path):
     for args, message in [
         (["--where", "dataset = 'digits-pair:7-8'"], "matches no checkpoints"),
         (["--where", "no_such_column > 1"], "no_such_column"),
-        (["--method", "vqar"], "not implemented yet"),
+        (["--method", "no-such-method"], "use one of: diffusion"),
         (["--method", "gan"], "unknown generator method"),
         (["--set", "latent_size=3"], "no option"),
         (["--set", "oops"], "KEY=VALUE"),

@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from generators import LatentDiffusion, WeightGenerator, load_generator
-from generators.base import Condition
-from generators.mean_model import RidgeMean, dataset_statistics
+from generators.conditions import Condition
+from generators.components.mean_model import RidgeMean, dataset_statistics
 from generators.protocol import HELD_OUT_PAIRS, held_out_tasks, seen_tasks, seen_where
-from generators.symmetry import align_groups
+from generators.components.symmetry import align_groups
 from store.errors import UserError
 from wsl import ParamLayout
 from wsl.evaluate import evaluate

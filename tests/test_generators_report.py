@@ -6,9 +6,10 @@ import pytest
 import torch
 
 from generators import LatentDiffusion
-from generators.baselines import baselines
-from generators.novelty import iou_matrix, iou_stats, nearest_l2
-from generators.report import evaluate_generator, record
+from generators.evaluation.baselines import baselines
+from generators.evaluation.novelty import iou_matrix, iou_stats, nearest_l2
+from generators.evaluation.records import record
+from generators.evaluation.report import evaluate_generator
 from store.errors import UserError
 from store.store import ZooStore
 
@@ -115,7 +116,7 @@ def test_baselines_are_seeded_and_scaled():
 
 
 def test_interp_baseline_mixes_aligned_pairs():
-    from generators.baselines import interpolate
+    from generators.evaluation.baselines import interpolate
     from wsl import ParamLayout
     from wsl.align import random_permutation
 
@@ -135,3 +136,30 @@ def test_interp_baseline_mixes_aligned_pairs():
     flat = ParamLayout([("w", (3, 4))])
     mixed = interpolate(torch.stack([torch.zeros(12), torch.ones(12)]), flat, 20, torch.Generator().manual_seed(0))
     assert bool(((mixed > 0.24) & (mixed < 0.76)).all()) and float(mixed.std()) > 0.05
+
+
+def test_a_selection_mixing_layouts_names_every_layout(tmp_path):
+    from wsl import ParamLayout
+
+    st = ZooStore(tmp_path / "mixed")
+    layouts = [ParamLayout.from_config({"name": "mlp", "in_features": 64, "out_features": 2, "width": w, "depth": 1})
+               for w in (2, 3, 4, 5, 6)]
+    g = torch.Generator().manual_seed(0)
+    for i, lay in enumerate(layouts):
+        st.append("models", [{"model_id": f"m{i}", "zoo": "mixed", "architecture": "mlp", "arch_config": "{}",
+                              "layout_id": lay.layout_id, "dataset": "digits-pair:0-1", "dataset_id": "d", "task":
+                              "classification", "width": lay.arch["width"], "depth": 1, "optimizer": "sgd", "lr": 0.1,
+                              "momentum": 0.0, "weight_decay": 0.0, "batch_size": 8, "epochs": 1, "schedule": "constant",
+                              "seed": i, "status": "done", "hparams": "{}"}])
+        st.append_weights("checkpoints", torch.randn(1, lay.num_params, generator=g),
+                          [{"checkpoint_id": f"m{i}-e0001", "model_id": f"m{i}", "epoch": 1, "step": 1, "train_loss": 0.1,
+                            "train_acc": 1.0, "test_loss": 0.1, "test_acc": 1.0}], lay)
+    with pytest.raises(UserError, match="mixes 5 layouts") as e:
+        LatentDiffusion.fit(st, None, **TINY)
+    for lay in layouts:  # the count and the list agree
+        assert lay.layout_id in str(e.value)
+    # our values are bound parameters: a quote in a dataset name is a name, not SQL
+    from generators.evaluation.references import zoo_checkpoints
+
+    assert zoo_checkpoints(st, "digits-pair:0-1", layouts[0].layout_id)[1] == ["m0-e0001"]
+    assert zoo_checkpoints(st, "x' OR '1'='1", layouts[0].layout_id)[1] == []

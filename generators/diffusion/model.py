@@ -8,12 +8,12 @@ Fitting, top to bottom:
 1. Per-tensor standardization: every named tensor of the layout is shifted
    and scaled to mean 0 / std 1 over the training population (exactly
    inverted after decoding). A bias and a weight matrix then count equally.
-2. Weight VAE (autoencoder.py): [N, P] -> [N, latent_dim], trained with
+2. Weight VAE (components/autoencoder.py): [N, P] -> [N, latent_dim], trained with
    noise on its input (~0.001) and its latent (~0.1), p-diff style. Latent
    means are then standardized per dimension.
-3. Latent denoiser (denoiser.py) trained with diffusers' `DDPMScheduler`
+3. Latent denoiser (diffusion/denoiser.py) trained with diffusers' `DDPMScheduler`
    (epsilon prediction by default), conditioned on
-   - a dataset embedding from the set encoder (set_encoder.py) over a fresh
+   - a dataset embedding from the set encoder (components/set_encoder.py) over a fresh
      random subset of that dataset's training samples at every step,
      trained jointly with the denoiser;
    - optionally a target metric (G.pt style), e.g. the checkpoint's test accuracy.
@@ -34,83 +34,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from generators.autoencoder import WeightVAE
-from generators.base import WeightGenerator
-from generators.denoiser import LatentDenoiser
-from generators.mean_model import GroupedRidge, dataset_statistics, sets_per_group, statistics_dim
-from generators.set_encoder import SetEncoder
+from generators.components.autoencoder import WeightVAE
+from generators.components.conditioner import Conditioner
+from generators.components.mean_model import GroupedRidge, dataset_statistics, sets_per_group, statistics_dim
+from generators.components.normalizer_state import NormalizerState
+from generators.components.schedules import warmup_cosine
+from generators.components.set_encoder import ContextTable, embed_dataset
+from generators.diffusion.denoiser import LatentDenoiser
+from generators.interface import WeightGenerator
 from store.errors import UserError
-from store.layout import ParamLayout
 from wsl.data import Dataset
 from wsl.normalize import Normalizer
-
-
-def warmup_cosine(opt: torch.optim.Optimizer, total: int, warmup: float = 0.05, final: float = 0.05):
-    """Linear warm-up over `warmup` of the steps, then cosine decay to `final` times the base learning rate."""
-    w = max(1, int(round(warmup * total)))
-
-    def factor(step: int) -> float:
-        if step < w:
-            return (step + 1) / w
-        t = min(1.0, (step - w) / max(1, total - w))
-        return final + (1 - final) * 0.5 * (1 + math.cos(math.pi * t))
-
-    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
-
-
-class NormalizerState(nn.Module):
-    """A `wsl.normalize.Normalizer`'s per-tensor statistics as buffers (so they save with the other tensors)."""
-
-    def __init__(self, n_tensors: int):
-        super().__init__()
-        self.register_buffer("mean", torch.zeros(n_tensors, dtype=torch.float64))
-        self.register_buffer("std", torch.ones(n_tensors, dtype=torch.float64))
-        self._norm: Normalizer | None = None
-
-    def set(self, norm: Normalizer) -> Normalizer:
-        self.mean.copy_(norm.mean)
-        self.std.copy_(norm.std)
-        self._norm = norm
-        return norm
-
-    def normalizer(self, layout: ParamLayout) -> Normalizer:
-        if self._norm is None or self._norm.layout != layout:
-            self._norm = Normalizer(layout, self.mean, self.std)
-        return self._norm
-
-
-class Conditioner(nn.Module):
-    """Condition vector = set-encoder embedding of the dataset (+ target metric, + init group); learned nulls for dropping."""
-
-    def __init__(self, in_features: int, num_classes: int, target_dim: int, n_metrics: int, set_hidden: int,
-                 cond_dim: int, latent_dim: int, n_groups: int = 1):
-        super().__init__()
-        self.group_emb = nn.Embedding(n_groups, cond_dim) if n_groups > 1 else None
-        if self.group_emb is not None:
-            nn.init.zeros_(self.group_emb.weight)
-        self.set_encoder = SetEncoder(in_features, num_classes, target_dim, set_hidden, cond_dim)
-        self.null_dataset = nn.Parameter(torch.zeros(cond_dim))
-        self.align = nn.Linear(cond_dim, latent_dim)  # embedding -> mean latent of the dataset's models
-        self.n_metrics = int(n_metrics)
-        if n_metrics:
-            self.metric_mlp = nn.Sequential(nn.Linear(n_metrics, cond_dim), nn.SiLU(), nn.Linear(cond_dim, cond_dim))
-            self.null_metric = nn.Parameter(torch.zeros(cond_dim))
-            self.register_buffer("metric_mean", torch.zeros(n_metrics))
-            self.register_buffer("metric_std", torch.ones(n_metrics))
-
-    def combine(self, ds_emb: torch.Tensor, drop_ds: torch.Tensor, metric: torch.Tensor | None,
-                drop_metric: torch.Tensor | None, group: torch.Tensor | None = None) -> torch.Tensor:
-        c = torch.where(drop_ds[:, None], self.null_dataset.expand_as(ds_emb), ds_emb)
-        if self.group_emb is not None and group is not None:
-            c = c + self.group_emb(group)
-        if self.n_metrics:
-            if metric is None:
-                m = self.null_metric.expand_as(c)
-            else:
-                m = self.metric_mlp((metric - self.metric_mean) / self.metric_std)
-                m = torch.where(drop_metric[:, None], self.null_metric.expand_as(m), m)
-            c = c + m
-        return c
 
 
 class LatentDiffusion(WeightGenerator):
@@ -317,27 +251,6 @@ class LatentDiffusion(WeightGenerator):
             progress(c.ae_steps % 50)
         return float(ema)
 
-    def _contexts(self, datasets: list[Dataset]):
-        """All datasets' training samples, and a [D, K, max_n] table of sample indices per class."""
-        k = int(self.fit_info["num_classes"]) if self.fit_info["task"] == "classification" else 0
-        xs, ys, offs = [], [], [0]
-        for d in datasets:
-            xs.append(d.x_train.reshape(len(d.x_train), -1).to(torch.float32))
-            ys.append(d.y_train)
-            offs.append(offs[-1] + len(d.x_train))
-        x_all, y_all = torch.cat(xs), torch.cat(ys)
-        slots = max(1, k)
-        per = [[(torch.nonzero(ys[i] == c).flatten() + offs[i]) if k else (torch.arange(len(ys[i])) + offs[i])
-                for c in range(slots)] for i in range(len(datasets))]
-        max_n = max(1, max(len(p) for row in per for p in row))
-        table = torch.zeros(len(datasets), slots, max_n, dtype=torch.long)
-        counts = torch.zeros(len(datasets), slots, dtype=torch.long)
-        for i, row in enumerate(per):
-            for c_, p in enumerate(row):
-                table[i, c_, :len(p)] = p
-                counts[i, c_] = len(p)
-        return x_all, y_all, table, counts
-
     def _train_denoiser(self, z, datasets, index, metrics, groups, g, progress) -> float:
         c = self.config
         if c.steps == 0:
@@ -348,7 +261,8 @@ class LatentDiffusion(WeightGenerator):
         if mvals is not None:
             cond.metric_mean.copy_(mvals.mean(0))
             cond.metric_std.copy_(mvals.std(0).clamp_min(1e-3) if len(mvals) > 1 else torch.ones(mvals.shape[1]))
-        x_all, y_all, table, counts = self._contexts(datasets)
+        k = int(self.fit_info["num_classes"]) if self.fit_info["task"] == "classification" else 0
+        contexts = ContextTable(datasets, k)
         # each dataset's mean latent: what the embedding is aligned to (D2NWG aligns its dataset encoder to the weights)
         zbar = torch.zeros(len(datasets), z.shape[1]).index_add_(0, index, z)
         zbar /= torch.bincount(index, minlength=len(datasets)).clamp_min(1)[:, None].to(z.dtype)
@@ -364,14 +278,9 @@ class LatentDiffusion(WeightGenerator):
         ema = None
         for step in range(c.steps):
             idx = torch.randint(len(z), (bs,), generator=g)
-            rows = index[idx]
-            uniq, inv = torch.unique(rows, return_inverse=True)
-            # fresh context subset per dataset (with replacement): m samples per class
-            cnt = counts[uniq]  # [U, K]
-            r = (torch.rand(len(uniq), cnt.shape[1], m, generator=g) * cnt[:, :, None]).long()
-            sample_ids = torch.gather(table[uniq], 2, r).reshape(-1)
-            set_index = torch.arange(len(uniq)).repeat_interleave(cnt.shape[1] * m)
-            emb_u = cond.set_encoder(x_all[sample_ids], y_all[sample_ids], set_index, len(uniq))
+            # a fresh context subset per dataset (with replacement): m samples per class
+            xs, ys, set_index, n_sets, uniq, inv = contexts.draw(index[idx], m, g)
+            emb_u = cond.set_encoder(xs, ys, set_index, n_sets)
             emb = emb_u[inv]
             drop_ds = torch.rand(bs, generator=g) < c.cond_drop
             mv = mvals[idx] if mvals is not None else None
@@ -412,18 +321,7 @@ class LatentDiffusion(WeightGenerator):
     @torch.no_grad()
     def embed(self, dataset: Dataset) -> torch.Tensor:
         """The set-encoder embedding [cond_dim] of a dataset, from (at most context_per_class per class of) its train split."""
-        c = self.config
-        cond = self.modules["conditioner"]
-        x, y = dataset.x_train, dataset.y_train
-        cond.set_encoder.check(x, y, f"dataset {dataset.name!r}")
-        k = cond.set_encoder.num_classes
-        if k:
-            keep = torch.cat([torch.nonzero(y == cl).flatten()[:c.context_per_class] for cl in range(k)])
-        else:
-            keep = torch.arange(min(len(x), c.context_per_class))
-        if len(keep) == 0:
-            raise UserError(f"dataset {dataset.name!r} has no training samples", "give a dataset with a non-empty train split")
-        return cond.set_encoder(x[keep].reshape(len(keep), -1), y[keep])[0]
+        return embed_dataset(self.modules["conditioner"].set_encoder, dataset, self.config.context_per_class)
 
     @torch.no_grad()
     def _sample(self, n: int, dataset: Dataset, target: dict[str, float], seed: int) -> torch.Tensor:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from generators.baselines import KINDS as BASELINES
+from generators.evaluation.baselines import KINDS as BASELINES
 
 COLORS = {"generated": "tab:blue", "zoo": "tab:green", "noise-0.06": "tab:orange", "noise-0.12": "tab:red",
           "avg16": "tab:purple", "gaussfit": "tab:brown", "interp": "tab:olive", "random_init": "tab:gray"}

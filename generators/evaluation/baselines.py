@@ -65,7 +65,7 @@ def gaussian_fit(reference: torch.Tensor, n: int, generator: torch.Generator) ->
 
 
 def interpolate(reference: torch.Tensor, layout: ParamLayout, n: int, generator: torch.Generator) -> torch.Tensor:
-    from generators.symmetry import alignable
+    from generators.components.symmetry import alignable
     from wsl.align import align
 
     ref = reference.to(torch.float32)

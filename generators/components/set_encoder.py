@@ -86,19 +86,58 @@ class SetEncoder(nn.Module):
         return self.rho(flat) + self.rho_linear(flat)
 
 
-def context_samples(x: torch.Tensor, y: torch.Tensor, num_classes: int, max_per_class: int,
-                    generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """A random subset of at most `max_per_class` samples per class (all samples for regression, capped)."""
-    if len(x) == 0:
-        raise UserError("the conditioning dataset has no training samples", "give a dataset with a non-empty train split")
-    if not num_classes:
-        idx = torch.randperm(len(x), generator=generator)[:max_per_class * 4]
-        return x[idx], y[idx]
-    keep = []
-    order = torch.randperm(len(x), generator=generator)
-    ys = y[order]
-    for c in range(num_classes):
-        keep.append(order[ys == c][:max_per_class])
-    idx = torch.cat(keep)
-    return x[idx], y[idx]
+class ContextTable:
+    """Every training dataset's train samples, indexed by class, to draw a fresh context per step.
 
+    `draw(rows, m, generator)` picks m samples per class (with replacement) for each
+    distinct dataset in `rows` and returns what `SetEncoder.forward` takes for one
+    batched call: (x, y, set_index, n_sets) plus the inverse map from rows to sets.
+    Drawing a new random subset at every step keeps the encoder from memorizing one
+    fixed context per dataset.
+    """
+
+    def __init__(self, datasets, num_classes: int):
+        k = int(num_classes)
+        xs, ys, offs = [], [], [0]
+        for d in datasets:
+            xs.append(d.x_train.reshape(len(d.x_train), -1).to(torch.float32))
+            ys.append(d.y_train)
+            offs.append(offs[-1] + len(d.x_train))
+        self.x, self.y = torch.cat(xs), torch.cat(ys)
+        slots = max(1, k)
+        per = [[(torch.nonzero(ys[i] == c).flatten() + offs[i]) if k else (torch.arange(len(ys[i])) + offs[i])
+                for c in range(slots)] for i in range(len(datasets))]
+        max_n = max(1, max(len(p) for row in per for p in row))
+        self.table = torch.zeros(len(datasets), slots, max_n, dtype=torch.long)
+        self.counts = torch.zeros(len(datasets), slots, dtype=torch.long)
+        for i, row in enumerate(per):
+            for c, p in enumerate(row):
+                self.table[i, c, :len(p)] = p
+                self.counts[i, c] = len(p)
+
+    def draw(self, rows: torch.Tensor, m: int, generator: torch.Generator):
+        """(x, y, set_index, n_sets, uniq, inv): m samples per class for each distinct dataset index in `rows`."""
+        uniq, inv = torch.unique(rows, return_inverse=True)
+        cnt = self.counts[uniq]  # [U, K]
+        r = (torch.rand(len(uniq), cnt.shape[1], m, generator=generator) * cnt[:, :, None]).long()
+        ids = torch.gather(self.table[uniq], 2, r).reshape(-1)
+        set_index = torch.arange(len(uniq)).repeat_interleave(cnt.shape[1] * m)
+        return self.x[ids], self.y[ids], set_index, len(uniq), uniq, inv
+
+
+def embed_dataset(encoder: SetEncoder, dataset, per_class: int) -> torch.Tensor:
+    """The embedding [out_features] of a dataset from (at most `per_class` per class of) its train split.
+
+    Deterministic: the first `per_class` samples of each class, so a seed-free call
+    gives the same embedding every time.
+    """
+    x, y = dataset.x_train, dataset.y_train
+    encoder.check(x, y, f"dataset {dataset.name!r}")
+    k = encoder.num_classes
+    if k:
+        keep = torch.cat([torch.nonzero(y == c).flatten()[:per_class] for c in range(k)])
+    else:
+        keep = torch.arange(min(len(x), per_class))
+    if len(keep) == 0:
+        raise UserError(f"dataset {dataset.name!r} has no training samples", "give a dataset with a non-empty train split")
+    return encoder(x[keep].reshape(len(keep), -1), y[keep])[0]

@@ -3,12 +3,12 @@
     rep = evaluate_generator(gen, ["digits-pair:0-2", "digits-pair:3-5"], store=store, n=100)
     rep.summary()                       # seen vs unseen conditions
     rep.save("report/")                 # report.json + accuracy.png, novelty.png, finetune.png
-    record(store, gen, rep)             # generators row + samples rows (weights with their scores)
+    record(store, gen, rep)             # records.py: generators row + samples rows (weights with their scores)
 
 Per condition (a dataset):
 - accuracy (best / mean / median / min / std) of n generated models, of the
   zoo's checkpoints for that dataset (the last checkpoint of every finished
-  model of the generator's layout), and of the baselines (baselines.py);
+  model of the generator's layout), and of the baselines (baselines.py); the zoo's checkpoints come from references.py;
 - novelty (novelty.py) of generated models and of every baseline: IoU of
   wrong-prediction sets against the zoo's checkpoints for the dataset, and
   nearest-neighbour L2 to the generator's training weights (taken both as
@@ -19,7 +19,6 @@ A condition is "seen" when the generator was fit on models of that dataset.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -30,10 +29,13 @@ from typing import Any, Sequence
 
 import torch
 
-from generators import baselines as bl
-from generators.base import DEFAULT_WHERE, POOL_FROM, Condition, WeightGenerator, as_condition, check_n, resolve_dataset
-from generators.finetune import STEPS, finetune_curve, random_init
-from generators.novelty import iou_stats, l2_stats, nearest_l2, wrong_sets
+from generators.conditions import Condition, as_condition, check_n, resolve_dataset
+from generators.evaluation import baselines as bl
+from generators.evaluation.finetune import STEPS, finetune_curve, random_init
+from generators.evaluation.novelty import iou_stats, l2_stats, nearest_l2, wrong_sets
+from generators.evaluation.references import check_store_layout, training_weights, zoo_checkpoints
+from generators.interface import WeightGenerator
+from store import filters
 from store.errors import UserError
 from wsl.data import Dataset
 from wsl.evaluate import evaluate
@@ -47,54 +49,6 @@ def acc_stats(acc: torch.Tensor) -> dict[str, float]:
         return {"n": 0}
     return {"n": int(a.numel()), "best": float(a.max()), "mean": float(a.mean()), "median": float(a.median()),
             "min": float(a.min()), "std": float(a.std()) if a.numel() > 1 else 0.0}
-
-
-def _sql_str(s: str) -> str:
-    return "'" + str(s).replace("'", "''") + "'"
-
-
-def zoo_checkpoints(store, dataset: str, layout_id: str) -> tuple[torch.Tensor, list[str]]:
-    """The last checkpoint of every finished model trained on `dataset` with this layout: ([m, P], ids)."""
-    if store is None or store.count("checkpoints") == 0 or store.count("models") == 0:
-        return torch.empty(0), []
-    ids = store.sql(f"SELECT checkpoint_id FROM {POOL_FROM} WHERE dataset = {_sql_str(dataset)} "
-                    f"AND layout_id = {_sql_str(layout_id)} AND {DEFAULT_WHERE} ORDER BY checkpoint_id")["checkpoint_id"].tolist()
-    if not ids:
-        return torch.empty(0), []
-    w, meta = store.weights(ids)
-    return w.to(torch.float32), list(meta["checkpoint_id"])
-
-
-def check_store_layout(store, gen: WeightGenerator, dataset: str) -> None:
-    """UserError when the store's zoo for `dataset` has models, but none of the generator's layout."""
-    if store is None or store.count("checkpoints") == 0 or store.count("models") == 0:
-        return
-    got = store.sql(f"SELECT DISTINCT c.layout_id FROM checkpoints c JOIN models m USING (model_id) "
-                    f"WHERE m.dataset = {_sql_str(dataset)}")["layout_id"].tolist()
-    if got and gen.layout.layout_id not in got:
-        raise UserError(f"the generator makes layout {gen.layout.layout_id}, but the store's models for {dataset!r} "
-                        f"have layout(s) {got}",
-                        "use a generator fit on this zoo (same architecture and width), or another --store")
-
-
-def training_weights(store, gen: WeightGenerator) -> torch.Tensor | None:
-    """The generator's training checkpoints as stored and as aligned ([2N, P]), re-selected from the store."""
-    where = gen.fit_info.get("where")
-    if store is None or not where:
-        return None
-    from generators.base import select_training_set
-    from generators.symmetry import align_groups
-
-    try:
-        w, layout, meta = select_training_set(store, where)
-    except UserError:
-        return None
-    if layout.layout_id != gen.layout.layout_id:
-        return None
-    align_by = gen.fit_info.get("align_by")
-    if align_by and align_by in meta.columns:
-        return torch.cat([w, align_groups(w, layout, list(meta[align_by]))])
-    return w
 
 
 @dataclass
@@ -178,16 +132,16 @@ class Report:
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         tmp = d / "report.json.tmp"
-        tmp.write_text(json.dumps(self.to_dict(), indent=2, default=_json_default) + "\n")
+        tmp.write_text(json.dumps(self.to_dict(), indent=2, default=json_default) + "\n")
         os.replace(tmp, d / "report.json")
         if plots:
-            from generators.plots import plot_report
+            from generators.evaluation.plots import plot_report
 
             plot_report(self, d)
         return d
 
 
-def _json_default(o: Any) -> Any:
+def json_default(o: Any) -> Any:
     if isinstance(o, float) and math.isnan(o):
         return None
     if isinstance(o, torch.Tensor):
@@ -274,70 +228,7 @@ def default_conditions(store, gen: WeightGenerator) -> list[str]:
     """Every dataset the store has finished models of with the generator's layout (seen and unseen)."""
     if store is None or store.count("models") == 0:
         return sorted(gen.fit_info.get("conditions") or {})
-    df = store.sql(f"SELECT DISTINCT dataset FROM models WHERE layout_id = {_sql_str(gen.layout.layout_id)} "
-                   f"AND status = 'done' ORDER BY dataset")
+    df = filters.select_models(store, None, "checkpoints.layout_id = $wsl_layout", "models.status = $wsl_finished",
+                               columns="DISTINCT models.dataset", order_by="models.dataset",
+                               params={"wsl_layout": gen.layout.layout_id, "wsl_finished": "done"}, allow_empty=True)
     return list(df["dataset"]) or sorted(gen.fit_info.get("conditions") or {})
-
-
-# ----- the store -------------------------------------------------------------------------------
-def sample_id(generator_id: str, condition: str, seed: int, n: int, kind: str, idx: int) -> str:
-    """Deterministic: the same generator, condition, seed and run size give the same ids (re-runs append nothing)."""
-    h = hashlib.sha256(f"{condition}".encode()).hexdigest()[:8]
-    return f"{generator_id}-{h}-s{seed}-n{n}-{kind}-{idx:05d}"
-
-
-def sample_kind(kind: str, select: int = 1) -> str:
-    """The samples.kind of a run: generated models filtered by training loss are 'generated-select{k}'."""
-    return f"{kind}-select{select}" if kind == "generated" and select > 1 else kind
-
-
-def sample_rows(gen: WeightGenerator, condition: str, dataset_id: str, seed: int, kind: str,
-                scores: dict[str, torch.Tensor]) -> list[dict[str, Any]]:
-    n = len(scores["test_acc"])
-    return [{"sample_id": sample_id(gen.generator_id, condition, seed, n, kind, i), "generator_id": gen.generator_id,
-             "kind": kind, "condition": condition, "dataset_id": dataset_id, "seed": int(seed), "idx": i,
-             "test_loss": _f(scores["test_loss"][i]), "test_acc": _f(scores["test_acc"][i]),
-             "nn_l2": _f(scores["nn_l2"][i])} for i in range(n)]
-
-
-def _f(v) -> float | None:
-    v = float(v)
-    return None if math.isnan(v) else v
-
-
-def generator_row(gen: WeightGenerator, path: str | os.PathLike | None, report: Report | None) -> dict[str, Any]:
-    return {"generator_id": gen.generator_id, "method": gen.method, "layout_id": gen.layout.layout_id,
-            "fit_where": gen.fit_info.get("where"), "num_train": int(gen.fit_info.get("num_train", 0)),
-            "config": json.dumps(gen.config_dict(), sort_keys=True),
-            "path": str(Path(path).resolve()) if path else None,
-            "report": json.dumps(report.to_dict(timings=False), sort_keys=True, default=_json_default) if report else None}
-
-
-def record(store, gen: WeightGenerator, report: Report, path: str | os.PathLike | None = None) -> dict[str, int]:
-    """Append the generators row and every sample (generated + baselines) with its scores. Idempotent."""
-    written = {"samples": 0, "generators": 0}
-    for c in report.conditions:
-        for kind, w in c.samples.items():
-            rows = sample_rows(gen, c.condition, c.dataset_id, report.seed, sample_kind(kind, report.select),
-                               c.scores[kind])
-            written["samples"] += store.append_weights("samples", w, rows, gen.layout)
-    written["generators"] = record_generator(store, gen, path, report)
-    return written
-
-
-def record_generator(store, gen: WeightGenerator, path, report: Report | None) -> int:
-    """Append the report to `generator_reports` (every report is kept) and the generators row (once).
-
-    Returns the number of generators rows written (0 when the generator was recorded before).
-    """
-    row = generator_row(gen, path, report)
-    if report is not None:
-        text = row["report"]
-        store.append("generator_reports", [{
-            "generator_id": gen.generator_id, "report_id": hashlib.sha256(text.encode()).hexdigest()[:16],
-            "conditions": json.dumps([c.condition for c in report.conditions]), "report": text}])
-    existing = store.sql(f"SELECT report FROM generators WHERE generator_id = {_sql_str(gen.generator_id)}") \
-        if store.count("generators") else None
-    if existing is not None and len(existing):
-        return 0  # append-only store: a generator's row is written once (its first report)
-    return store.append("generators", [row])

@@ -1,0 +1,71 @@
+"""The stored checkpoints a report compares generated models with.
+
+    ref, ids = zoo_checkpoints(store, "digits-pair:0-2", layout_id)   # the zoo's models for that dataset
+    check_store_layout(store, gen, "digits-pair:0-2")                  # the store's zoo has the generator's layout
+    tw = training_weights(store, gen)                                 # its training checkpoints, stored + aligned
+
+Every query runs over the pool of store/filters.py with our values bound as parameters.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from generators.interface import WeightGenerator
+from generators.training_set import last_finished, select
+from store import filters
+from store.errors import UserError
+
+
+def _has_zoo(store) -> bool:
+    return store is not None and store.count("checkpoints") > 0 and store.count("models") > 0
+
+
+def zoo_checkpoints(store, dataset: str, layout_id: str) -> tuple[torch.Tensor, list[str]]:
+    """The last checkpoint of every finished model trained on `dataset` with this layout: ([m, P], ids)."""
+    if not _has_zoo(store):
+        return torch.empty(0), []
+    params: dict[str, Any] = {"wsl_dataset": dataset, "wsl_layout": layout_id}
+    df = filters.select_checkpoints(store, None, "models.dataset = $wsl_dataset",
+                                    "checkpoints.layout_id = $wsl_layout", last_finished(params),
+                                    columns="checkpoints.checkpoint_id", order_by="checkpoints.checkpoint_id",
+                                    params=params, allow_empty=True)
+    ids = df["checkpoint_id"].tolist()
+    if not ids:
+        return torch.empty(0), []
+    w, meta = store.weights(ids)
+    return w.to(torch.float32), list(meta["checkpoint_id"])
+
+
+def check_store_layout(store, gen: WeightGenerator, dataset: str) -> None:
+    """UserError when the store's zoo for `dataset` has models, but none of the generator's layout."""
+    if not _has_zoo(store):
+        return
+    df = filters.select_checkpoints(store, None, "models.dataset = $wsl_dataset",
+                                    columns="DISTINCT checkpoints.layout_id", order_by="checkpoints.layout_id",
+                                    params={"wsl_dataset": dataset}, allow_empty=True)
+    got = df["layout_id"].tolist()
+    if got and gen.layout.layout_id not in got:
+        raise UserError(f"the generator makes layout {gen.layout.layout_id}, but the store's models for {dataset!r} "
+                        f"have layout(s) {got}",
+                        "use a generator fit on this zoo (same architecture and width), or another --store")
+
+
+def training_weights(store, gen: WeightGenerator) -> torch.Tensor | None:
+    """The generator's training checkpoints as stored and as aligned ([2N, P]), re-selected from the store."""
+    if store is None or "where" not in gen.fit_info and "last" not in gen.fit_info:
+        return None
+    from generators.components.symmetry import align_groups
+
+    try:
+        ts = select(store, gen.fit_info.get("where"), params=gen.fit_info.get("params"), last=gen.fit_info.get("last"))
+        w, layout, meta = ts.single()
+    except UserError:
+        return None
+    if layout.layout_id != gen.layout.layout_id:
+        return None
+    align_by = gen.fit_info.get("align_by")
+    if align_by and align_by in meta.columns:
+        return torch.cat([w, align_groups(w, layout, list(meta[align_by]))])
+    return w
