@@ -165,7 +165,7 @@ class WeightGenerator:
     # ----- fitting ----------------------------------------------------------------
     @classmethod
     def fit(cls, store, where: str | None = None, *, metric: str | None = None, align_by: str | None = "seed",
-            progress=None, **config: Any) -> "WeightGenerator":
+            progress=None, params: Mapping[str, Any] | None = None, **config: Any) -> "WeightGenerator":
         """A generator fit on the checkpoints a SQL filter selects from a store.
 
         `where` filters `checkpoints JOIN models` like `wsl eval --where` (every
@@ -174,10 +174,11 @@ class WeightGenerator:
         is its model's `dataset`; `metric` (e.g. "test_acc") adds a target-metric
         condition from that column. `align_by` (default: the models' `seed`, i.e.
         their shared initialisation) groups the models for hidden-unit alignment
-        (symmetry.align_groups); None turns it off.
+        (symmetry.align_groups); None turns it off. `params` binds the filter's `$name`
+        placeholders (e.g. a protocol's seen-task list, generators/protocols.py).
         """
         gen = cls(**config)
-        weights, layout, meta = select_training_set(store, where, metric)
+        weights, layout, meta = select_training_set(store, where, metric, params)
         conditions = [Condition(d, split_seed=s) for d, s in zip(meta["dataset"], meta["split_seed"])]
         metrics = {metric: torch.tensor(meta[metric].to_numpy(), dtype=torch.float32)} if metric else None
         if align_by is not None and align_by not in meta.columns:
@@ -187,6 +188,8 @@ class WeightGenerator:
         gen.fit_tensors(weights, layout, conditions, metrics=metrics, groups=groups, progress=progress)
         gen.fit_info["align_by"] = align_by
         gen.fit_info["where"] = clean_where(where) or DEFAULT_WHERE
+        if params:
+            gen.fit_info["where_params"] = dict(params)
         gen.fit_info["store"] = str(getattr(store, "path", store))
         gen.generator_id = gen._compute_id()
         return gen
@@ -445,14 +448,16 @@ def load_generator(directory: str | os.PathLike) -> WeightGenerator:
 
 
 # ----- selecting training data from a store ------------------------------------------------
-def select_training_set(store, where: str | None, metric: str | None = None):
+def select_training_set(store, where: str | None, metric: str | None = None,
+                        params: Mapping[str, Any] | None = None):
     """(weights [N, P], layout, meta DataFrame) for the checkpoints `where` selects from the pool.
 
-    meta has checkpoint_id, model_id, dataset, split_seed and the metric column.
+    meta has checkpoint_id, model_id, dataset, split_seed and the metric column; `params`
+    binds the filter's `$name` placeholders.
     """
     where = clean_where(where) or DEFAULT_WHERE
-    meta = store.sql(f"SELECT {POOL_COLUMNS} FROM {POOL_FROM} WHERE {where} ORDER BY checkpoint_id") \
-        if _has_tables(store) else None
+    meta = store.sql(f"SELECT {POOL_COLUMNS} FROM {POOL_FROM} WHERE {where} ORDER BY checkpoint_id",
+                     dict(params) if params else None) if _has_tables(store) else None
     if meta is None or len(meta) == 0:
         raise UserError(f"the selection {where!r} matches no checkpoints in store {getattr(store, 'path', store)}",
                         "check the filter with: wsl query \"SELECT count(*) FROM checkpoints JOIN models USING (model_id) WHERE ...\"")

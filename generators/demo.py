@@ -16,7 +16,7 @@ from typing import Any, Callable
 from generators.base import DEFAULT_WHERE
 from generators.baselines import KINDS as BASELINES
 from generators.diffusion import LatentDiffusion
-from generators.protocol import seen_where
+from generators.protocols import check_held_out_unseen, resolve
 from generators.report import evaluate_generator, record
 from wsl.evaluate import evaluate
 from zoo.datasets import load_dataset
@@ -40,8 +40,11 @@ def run(store, out: str | Path, held_out: str = "digits-pair:0-2", seen: str = "
 
     out = Path(out)
     t0 = time.perf_counter()
-    where = seen_where(extra=f"zoo = '{zoo}' AND {DEFAULT_WHERE}")
-    gen = LatentDiffusion.fit(store, where, metric="test_acc", progress=progress, **(FAST if fast else {}))
+    resolution = resolve("digits-pairs", store, "zoo = $zoo", {"zoo": zoo})
+    where, params = resolution.seen_filter(f"zoo = $zoo AND {DEFAULT_WHERE}", {"zoo": zoo})
+    gen = LatentDiffusion.fit(store, where, metric="test_acc", progress=progress, params=params,
+                              **(FAST if fast else {}))
+    check_held_out_unseen([held_out], gen.fit_info, f"generator {gen.generator_id}")
     gen.save_pretrained(out)
     emit(f"generator {gen.generator_id}: latent diffusion fit on {gen.fit_info['num_train']} checkpoints of "
          f"{len(gen.fit_info['conditions'])} seen tasks in {time.perf_counter() - t0:.0f}s -> {out}")

@@ -86,7 +86,7 @@ def training_weights(store, gen: WeightGenerator) -> torch.Tensor | None:
     from generators.symmetry import align_groups
 
     try:
-        w, layout, meta = select_training_set(store, where)
+        w, layout, meta = select_training_set(store, where, params=gen.fit_info.get("where_params"))
     except UserError:
         return None
     if layout.layout_id != gen.layout.layout_id:
