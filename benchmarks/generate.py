@@ -4,7 +4,7 @@
    mlp 64-32-32-2, 3,202 parameters) into a store with `zoo.train` (reused when already there);
    `--seeds N` trains the same spec with N initialisations per task into its own store.
 2. Fit a latent-diffusion generator on the last checkpoints of the 35 seen tasks only
-   (generators/protocol.py), conditioned on the dataset and on test accuracy (G.pt style).
+   (the built-in protocol of generators/protocols.py), conditioned on the dataset and on test accuracy (G.pt style).
 3. For every one of the 45 tasks, the report (generators/report.py): n generated models
    (asked for test accuracy 1.0; with --select k, the best n of k*n samples by loss on the
    task's training split, as `gen.sample(..., select=k)`; the raw samples are reported beside
@@ -45,7 +45,7 @@ from generators.evaluation.baselines import KINDS as BASELINES, noise  # noqa: E
 from generators.evaluation.novelty import iou_stats, nearest_l2, wrong_sets  # noqa: E402
 from generators.evaluation.references import training_weights, zoo_checkpoints  # noqa: E402
 from generators.evaluation.report import evaluate_generator  # noqa: E402
-from generators.protocol import held_out_tasks, seen_tasks, seen_where  # noqa: E402
+from generators.protocols import resolve  # noqa: E402
 from store.store import ZooStore  # noqa: E402
 from wsl.evaluate import evaluate  # noqa: E402
 from zoo import load_dataset, load_spec, train  # noqa: E402
@@ -198,13 +198,15 @@ def main() -> None:
     if args.ae_steps is not None:
         config["ae_steps"] = args.ae_steps
     t0 = time.perf_counter()
-    gen = LatentDiffusion.fit(store, seen_where(), last=True, metric="test_acc", **config)
+    protocol = resolve("digits-pairs", store)
+    where, params = protocol.seen_filter()
+    gen = LatentDiffusion.fit(store, where, params=params, last=True, metric="test_acc", **config)
     t_fit = time.perf_counter() - t0
     gen.save_pretrained(args.out)
     print(f"fit on {gen.fit_info['num_train']} checkpoints / {len(gen.fit_info['conditions'])} tasks in {t_fit:.1f}s "
           f"(ridge LOO explained {gen.fit_info['ridge_loo_explained']:.3f})", flush=True)
 
-    seen, held = seen_tasks(), held_out_tasks()
+    seen, held = list(protocol.seen), list(protocol.held_out)
     t0 = time.perf_counter()
     rep = evaluate_generator(gen, seen + held, store=store, n=args.n, seed=args.seed, target={"test_acc": 1.0},
                              select=args.select)

@@ -69,7 +69,7 @@ def fit_cmd(
     store: Optional[Path] = common.StoreOption,
     where: Optional[str] = typer.Option(None, "--where", "-w", help="SQL condition over checkpoints JOIN models (default: the last checkpoint of every finished model)."),
     out: Path = typer.Option(..., "--out", "-o", help="Directory for the fitted generator (config.json + model.safetensors)."),
-    protocol: Optional[str] = typer.Option(None, "--protocol", help="digits-pairs: fit on the protocol's 35 seen pair tasks only (10 held out; docs/generators.md)."),
+    protocol: Optional[str] = typer.Option(None, "--protocol", help="Fit on a protocol's seen tasks only: a built-in (digits-pairs, digits-pairs-random, digits-subsets), a .toml file, or 'pattern=digits-pair:*,split-seed=3,held-out=10' (docs/generators.md, Protocols)."),
     metric: str = typer.Option("test_acc", "--metric", help="Checkpoint column used as a target-metric condition (G.pt style); 'none' to skip."),
     align_by: str = typer.Option("seed", "--align-by", help="Models column grouping shared initialisations for hidden-unit alignment; 'none' to skip."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Denoiser training steps (default 3000)."),
@@ -84,11 +84,9 @@ def fit_cmd(
     common.check_format(fmt, ("table", "json"))
     klass = get_method(method)  # an unknown name is a UserError listing what the registry has
     if protocol is not None:
-        if protocol != "digits-pairs":
-            raise UserError(f"unknown --protocol {protocol!r}", "use digits-pairs")
-        from generators.protocol import seen_where
+        from generators.protocols import parse_protocol
 
-        where = seen_where(extra=where.strip() if where and where.strip() else None)
+        protocol_spec = parse_protocol(protocol)
     config = _parse_options(options)
     config["seed"] = seed
     if steps is not None:
@@ -100,10 +98,20 @@ def fit_cmd(
         raise UserError(f"--out {out} exists and is not a directory", "give a new or existing directory")
     previous = read_config(out) if out.is_dir() and (out / "config.json").exists() else None
     zs = _open_store(store, create=False)
+    params, resolution, last = None, None, None
+    if protocol is not None:
+        from generators.protocols import resolve
+
+        resolution = resolve(protocol_spec, zs, where)
+        last = not (where and where.strip())  # no --where: the last checkpoint of every finished model, as without a protocol
+        where, params = resolution.seen_filter(where)
     t0 = time.perf_counter()
     with common.progress_bar(f"fit {method}", total=None, unit="steps") as update:
         gen = klass.fit(zs, where, metric=None if metric == "none" else metric,
-                        align_by=None if align_by == "none" else align_by, progress=update, **config)
+                        align_by=None if align_by == "none" else align_by, progress=update, params=params, last=last, **config)
+    if resolution is not None:  # the record `check_held_out_unseen` reads: which tasks it saw, which it held out
+        gen.fit_info["protocol"] = resolution.to_dict()
+        gen.generator_id = gen._compute_id()
     if previous is not None and previous.get("layout_id") != gen.layout.layout_id:
         raise UserError(f"--out {out} holds a generator of layout {previous.get('layout_id')}, this one makes "
                         f"{gen.layout.layout_id}", "give another --out directory (or delete the old generator)")

@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 from generators.evaluation.baselines import KINDS as BASELINES
 from generators.diffusion import LatentDiffusion
-from generators.protocol import seen_where
+from generators.protocols import check_held_out_unseen, resolve
 from generators.evaluation.records import record
 from generators.evaluation.report import evaluate_generator
 from wsl.evaluate import evaluate
@@ -41,8 +41,11 @@ def run(store, out: str | Path, held_out: str = "digits-pair:0-2", seen: str = "
     out = Path(out)
     t0 = time.perf_counter()
     # the seen tasks' last checkpoints of the zoo; the zoo's name travels as a bound parameter
-    gen = LatentDiffusion.fit(store, seen_where(extra="zoo = $zoo"), params={"zoo": zoo}, last=True, metric="test_acc",
-                              progress=progress, **(FAST if fast else {}))
+    resolution = resolve("digits-pairs", store, "zoo = $zoo", {"zoo": zoo})
+    where, params = resolution.seen_filter("zoo = $zoo", {"zoo": zoo})
+    gen = LatentDiffusion.fit(store, where, params=params, last=True, metric="test_acc", progress=progress,
+                              **(FAST if fast else {}))
+    check_held_out_unseen([held_out], gen.fit_info, f"generator {gen.generator_id}")
     gen.save_pretrained(out)
     emit(f"generator {gen.generator_id}: latent diffusion fit on {gen.fit_info['num_train']} checkpoints of "
          f"{len(gen.fit_info['conditions'])} seen tasks in {time.perf_counter() - t0:.0f}s -> {out}")

@@ -125,12 +125,21 @@ def test_fit_bad_input(run_cli, stores, tmp_path):
 
 
 def test_protocol_keeps_held_out_tasks_out(run_cli, stores, tmp_path):
-    code, out, err = run_cli("generate", "fit", "--store", stores[0], "--protocol", "digits-pairs", "--where",
-                             "checkpoints.epoch = 2", "--out", tmp_path / "g", "--format", "json", *TINY_SET)
+    # the built-in digits-pairs protocol holds out 10 pairs this 3-task zoo has no models of
+    code, _, err = run_cli("generate", "fit", "--store", stores[0], "--protocol", "digits-pairs", "--out", tmp_path / "g")
+    assert code == 2 and "have no finished zoo models" in err and not (tmp_path / "g").exists()
+    code, out, err = run_cli("generate", "fit", "--store", stores[0], "--protocol", "pattern=digits-pair:*,held-out=digits-pair:0-2",
+                             "--where", "checkpoints.epoch = 2", "--out", tmp_path / "g", "--format", "json", *TINY_SET)
     assert code == 0, err
     fit = json.loads((tmp_path / "g" / "config.json").read_text())["fit"]
-    # digits-pair:0-2 is a held-out task of the protocol: only 0-1 and 1-2 are fit on
+    # digits-pair:0-2 is held out: only 0-1 and 1-2 are fit on, and the fit records the split
     assert sorted(fit["conditions"]) == ["digits-pair:0-1", "digits-pair:1-2"] and "epoch = 2" in fit["where"]
+    assert fit["protocol"]["held_out"] == ["digits-pair:0-2"] and "digits-pair:0-2" not in fit["where"]
+    from generators import load_generator
+    from generators.evaluation.references import training_weights
+
+    # the report re-selects the training set with the fit's bound parameters (novelty needs it)
+    assert training_weights(ZooStore(stores[0]), load_generator(tmp_path / "g")).shape[0] == 2 * fit["num_train"]
 
 
 def test_missing_generator_dir(run_cli, stores, tmp_path):

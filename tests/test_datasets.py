@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from wsl import UserError
-from zoo import load_dataset, pair_tasks
-from zoo.datasets import from_table
+from zoo import load_dataset, pair_tasks, subset_tasks
+from zoo.datasets import check_name, expand_pattern, from_table, subset_classes
 
 
 @pytest.mark.parametrize("name,shape,classes", [
@@ -13,6 +13,8 @@ from zoo.datasets import from_table
     ("mnist1d", (1, 40), 10),
     ("digits-pair:3-5", (1, 8, 8), 2),
     ("mnist1d-pair:0-9", (1, 40), 2),
+    ("digits-subset:341", (1, 8, 8), 2),
+    ("mnist1d-subset:7", (1, 40), 2),
     ("digits-perm:4", (1, 8, 8), 10),
     ("digits-noise:0.2", (1, 8, 8), 10),
     ("digits-shift:1", (1, 8, 8), 10),
@@ -78,6 +80,16 @@ def test_sciml_tasks_are_regression_from_formulas():
     ("digits-perm:abc", "integer"),
     ("digits-warp:1", "unknown dataset"),
     ("mnist1d-rot:10", "not an image dataset"),
+    ("digits-subset:0", r"digits-subset:0 is not a subset code: CODE is a decimal integer in 1\.\.1022"),
+    ("digits-subset:1023", r"digits-subset:1023 is out of range: CODE must be in 1\.\.1022"),
+    ("mnist1d-subset:4096", r"mnist1d-subset:4096 is out of range"),
+    ("digits-subset:-3", "is not a subset code"),
+    ("digits-subset:007", "is not a subset code"),
+    ("digits-subset:5.0", "is not a subset code"),
+    ("digits-subset:1_0", "is not a subset code"),
+    ("digits-subset:0x10", "is not a subset code"),
+    ("digits-subset:", "needs an argument"),
+    ("digits-subset:3-5", "is not a subset code"),
     ("sciml:bessel", "unknown sciml family"),
     ("sciml:sine:freq", "k=v"),
     ("parquet:/nonexistent/file.parquet", "does not exist"),
@@ -85,7 +97,53 @@ def test_sciml_tasks_are_regression_from_formulas():
 ])
 def test_bad_dataset_names_are_user_errors(name, match):
     with pytest.raises(UserError, match=match):
+        check_name(name)  # the same error without building data
+    with pytest.raises(UserError, match=match):
         load_dataset(name)
+
+
+@pytest.mark.parametrize("name", ["digits", "digits-pair:0-9", "digits-subset:1", "digits-subset:1022", "mnist1d-subset:512",
+                                  "digits-rot:15", "digits-noise:0.1", "sciml:sine:freq=2,amp=1", "hf:some/dataset"])
+def test_check_name_accepts_valid_names(name):
+    check_name(name)
+
+
+def test_subset_labels_follow_the_code_on_all_samples():
+    full = load_dataset("digits")
+    for code in (1, 5, 341, 512, 1022):
+        ds = load_dataset(f"digits-subset:{code}")
+        classes = [c for c in range(10) if code & (1 << c)]
+        assert ds.meta["code"] == code and ds.meta["classes"] == classes == subset_classes(code)
+        assert ds.num_classes == 2 and ds.meta["base"] == "digits" and ds.meta["transform"] == "subset"
+        # every sample of the base dataset, same split; label 1 exactly when its digit is in the subset
+        assert torch.equal(ds.x_train, full.x_train) and torch.equal(ds.x_test, full.x_test)
+        for y, yb in ((ds.y_train, full.y_train), (ds.y_test, full.y_test)):
+            assert torch.equal(y, torch.isin(yb, torch.tensor(classes)).long())
+    assert subset_classes(5) == [0, 2] and subset_classes(512) == [9] and subset_classes(1022) == list(range(1, 10))
+
+
+def test_subset_tasks_are_imbalanced_as_their_class_counts_say():
+    full = load_dataset("digits")
+    y = torch.cat([full.y_train, full.y_test])
+    counts = torch.bincount(y, minlength=10)
+    for code in (1, 2, 31, 1000):
+        ds = load_dataset(f"digits-subset:{code}")
+        pos = int(ds.y_train.sum() + ds.y_test.sum())
+        assert pos == int(sum(counts[c] for c in subset_classes(code)))
+        comp = load_dataset(f"digits-subset:{1023 - code}")  # the complement subset: labels flipped
+        assert torch.equal(comp.y_train, 1 - ds.y_train)
+    one = load_dataset("digits-subset:1")  # {0}: ~10% positives, a majority-class predictor scores ~90%
+    assert 0.08 < float(torch.cat([one.y_train, one.y_test]).float().mean()) < 0.12
+    assert float(load_dataset("digits-subset:31").y_train.float().mean()) == pytest.approx(0.5, abs=0.05)
+
+
+def test_subset_task_listing_and_spec_patterns():
+    names = subset_tasks("digits")
+    assert len(names) == 1022 == len(set(names)) and names[0] == "digits-subset:1" and names[-1] == "digits-subset:1022"
+    assert expand_pattern("digits-subset:*") == names and expand_pattern("mnist1d-subset:*") == subset_tasks("mnist1d")
+    assert expand_pattern("digits-pair:*") == pair_tasks("digits") and expand_pattern("digits-subset:3") == ["digits-subset:3"]
+    with pytest.raises(UserError, match="unknown base dataset 'cifar'"):
+        subset_tasks("cifar")
 
 
 def test_hf_adapter_on_in_memory_image_dataset():

@@ -7,7 +7,6 @@ import torch
 from generators import LatentDiffusion, WeightGenerator, load_generator
 from generators.conditions import Condition
 from generators.components.mean_model import RidgeMean, dataset_statistics
-from generators.protocol import HELD_OUT_PAIRS, held_out_tasks, seen_tasks, seen_where
 from generators.components.symmetry import align_groups
 from store.errors import UserError
 from wsl import ParamLayout
@@ -190,17 +189,6 @@ def test_dataset_statistics_are_class_means():
     x0 = ds.x_train[ds.y_train == 0].flatten(1)
     assert torch.allclose(s[:64].float(), x0.mean(0), atol=1e-6)
     assert torch.allclose(s[64:128].float(), x0.std(0, unbiased=False), atol=1e-5)
-
-
-def test_protocol_split():
-    held, seen = held_out_tasks(), seen_tasks()
-    assert len(held) == 10 and len(seen) == 35 and sorted(held + seen) == sorted(pair_tasks("digits"))
-    assert {d for p in HELD_OUT_PAIRS for d in p} == set(range(10))
-    pairs = [tuple(int(v) for v in t.split(":")[1].split("-")) for t in seen]
-    for a, b in HELD_OUT_PAIRS:  # each held-out digit appears in the same label role among the seen tasks
-        assert any(p[0] == a for p in pairs) and any(p[1] == b for p in pairs)
-    where = seen_where(extra="epoch = 3")
-    assert "'digits-pair:0-2'" not in where and "'digits-pair:0-1'" in where and where.endswith("AND (epoch = 3)")
 
 
 def test_base_class_dispatch(fitted, tmp_path):

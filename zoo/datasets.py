@@ -5,17 +5,24 @@ Names (all offline; nothing is downloaded):
     digits                    scikit-learn's UCI digits, [1, 8, 8], 10 classes
     mnist1d                   MNIST-1D (Greydanus 2020) from mnist1d.make_dataset, [1, 40], 10 classes
     digits-pair:A-B           binary task: classes A vs B (45 pairs from 10 classes), labels 0/1
+    digits-subset:CODE        binary task over ALL samples: CODE in 1..1022 is a 10-bit class mask
+                              (bit c set = class c in the subset), label 1 = the class is in it (RPG's tasks)
     digits-perm:K             labels permuted by permutation number K
     digits-noise:S            Gaussian input noise of std S (fixed per dataset)
     digits-shift:D            images rolled by D pixels right and down
     digits-rot:DEG            images rotated by DEG degrees
-    mnist1d-pair:A-B, mnist1d-perm:K, mnist1d-noise:S, mnist1d-shift:D   the same for MNIST-1D
+    mnist1d-pair:A-B, mnist1d-subset:CODE, mnist1d-perm:K, mnist1d-noise:S, mnist1d-shift:D
+                              the same for MNIST-1D
     sciml:FAMILY[:k=v,...]    function fitting (regression) from a formula, see SCIML_FAMILIES
     hf:NAME[:CONFIG]          a Hugging Face `datasets` dataset (local cache or online)
     parquet:PATH              a local Parquet file with a label column
 
 `load_dataset(name, seed=0)` returns a `wsl.data.Dataset`; `dataset_id` is a
-content hash, stable across processes.
+content hash, stable across processes. `check_name(name)` raises the error a
+malformed name would raise, without building any data. `pair_tasks(base)` and
+`subset_tasks(base)` list a task family; `expand_pattern("digits-subset:*")`
+is what a spec's `dataset` pattern stands for. The families themselves (what
+`-pair`, `-subset`, `-perm`, ... do to a base dataset) live in zoo/task_families.py.
 """
 from __future__ import annotations
 
@@ -30,6 +37,8 @@ import torch
 
 from store.errors import UserError
 from wsl.data import Dataset
+from zoo.task_families import (ARG_CHECKS, NUM_CLASSES, SUBSET_CODES, TRANSFORMS,  # noqa: F401 - re-exported
+                               subset_classes, subset_code)
 
 TEST_FRACTION = 0.2
 
@@ -78,64 +87,6 @@ def _mnist1d_arrays() -> tuple[np.ndarray, np.ndarray]:
 BASES: dict[str, Callable[[], tuple[np.ndarray, np.ndarray]]] = {"digits": _digits_arrays, "mnist1d": _mnist1d_arrays}
 
 
-def _pair(base: str, arg: str, x, y):
-    m = re.fullmatch(r"(\d+)-(\d+)", arg)
-    if not m:
-        raise UserError(f"class pair {arg!r} is not of the form A-B", f"write e.g. {base}-pair:3-5")
-    a, b = int(m.group(1)), int(m.group(2))
-    if not (0 <= a <= 9 and 0 <= b <= 9) or a == b:
-        raise UserError(f"class pair {a}-{b} of {base} is out of range", "use two different classes in 0..9")
-    keep = (y == a) | (y == b)
-    return x[keep], (y[keep] == b).astype(np.int64), 2, {"classes": [a, b]}
-
-
-def _perm(base: str, arg: str, x, y):
-    k = _int_arg(base, "perm", arg)
-    perm = np.random.default_rng(10_000 + k).permutation(10)
-    return x, perm[y], 10, {"permutation": perm.tolist()}
-
-
-def _noise(base: str, arg: str, x, y):
-    s = _float_arg(base, "noise", arg)
-    if s < 0:
-        raise UserError(f"{base}-noise:{arg} has a negative std", "use a std >= 0")
-    rng = np.random.default_rng(20_000)
-    return (x + s * rng.standard_normal(x.shape).astype(np.float32)), y, 10, {"noise_std": s}
-
-
-def _shift(base: str, arg: str, x, y):
-    d = _int_arg(base, "shift", arg)
-    axes = (-2, -1) if x.ndim == 4 else (-1,)
-    return np.roll(x, (d,) * len(axes), axis=axes), y, 10, {"shift": d}
-
-
-def _rot(base: str, arg: str, x, y):
-    if x.ndim != 4:
-        raise UserError(f"{base}-rot rotates images; {base} is not an image dataset", "use -noise or -shift")
-    deg = _float_arg(base, "rot", arg)
-    from scipy.ndimage import rotate
-
-    xr = rotate(x, deg, axes=(-2, -1), reshape=False, order=1, mode="constant").astype(np.float32)
-    return xr, y, 10, {"rotation_deg": deg}
-
-
-TRANSFORMS = {"pair": _pair, "perm": _perm, "noise": _noise, "shift": _shift, "rot": _rot}
-
-
-def _int_arg(base: str, kind: str, arg: str) -> int:
-    try:
-        return int(arg)
-    except ValueError:
-        raise UserError(f"{base}-{kind}:{arg} needs an integer argument", f"write e.g. {base}-{kind}:3") from None
-
-
-def _float_arg(base: str, kind: str, arg: str) -> float:
-    try:
-        return float(arg)
-    except ValueError:
-        raise UserError(f"{base}-{kind}:{arg} needs a number", f"write e.g. {base}-{kind}:0.5") from None
-
-
 # ----- SciML: function fitting from formulas -------------------------------
 # Each family: (input dim, defaults, f(x: [n, d], params) -> [n]).
 SCIML_FAMILIES: dict[str, tuple[int, dict[str, float], Callable[[np.ndarray, dict], np.ndarray]]] = {
@@ -153,11 +104,12 @@ SCIML_FAMILIES: dict[str, tuple[int, dict[str, float], Callable[[np.ndarray, dic
 SCIML_POINTS = 512
 
 
-def _sciml(spec: str, seed: int, name: str) -> Dataset:
+def _sciml_params(spec: str) -> tuple[str, dict[str, float]]:
+    """(family, parameters with defaults filled in) of `sciml:FAMILY[:k=v,...]`, checked."""
     family, _, params = spec.partition(":")
     if family not in SCIML_FAMILIES:
         raise UserError(f"unknown sciml family {family!r}", f"use one of: {', '.join(SCIML_FAMILIES)}")
-    dim, defaults, fn = SCIML_FAMILIES[family]
+    _dim, defaults, _fn = SCIML_FAMILIES[family]
     p = dict(defaults)
     for item in filter(None, params.split(",")):
         k, eq, v = item.partition("=")
@@ -170,6 +122,12 @@ def _sciml(spec: str, seed: int, name: str) -> Dataset:
             raise UserError(f"sciml:{family} parameter {k}={v!r} is not a number", "give a number") from None
     if family == "gauss2d" and p["sigma"] <= 0:
         raise UserError("sciml:gauss2d needs sigma > 0", "give sigma=0.3 or similar")
+    return family, p
+
+
+def _sciml(spec: str, seed: int, name: str) -> Dataset:
+    family, p = _sciml_params(spec)
+    dim, _defaults, fn = SCIML_FAMILIES[family]
     # inputs on a fixed grid in [-1, 1]^d (a function-fitting task is defined by its formula, not a sample)
     side = SCIML_POINTS if dim == 1 else int(math.sqrt(SCIML_POINTS))
     axis = np.linspace(-1, 1, side, dtype=np.float32)
@@ -270,14 +228,66 @@ def _parquet(path: str, seed: int, name: str) -> Dataset:
 # ----- the registry ---------------------------------------------------------
 def dataset_names() -> list[str]:
     """Built-in names and name patterns, for help texts."""
-    return ["digits", "mnist1d", "digits-pair:A-B", "digits-perm:K", "digits-noise:S", "digits-shift:D",
-            "digits-rot:DEG", "mnist1d-pair:A-B", "mnist1d-perm:K", "mnist1d-noise:S", "mnist1d-shift:D",
+    return ["digits", "mnist1d", "digits-pair:A-B", "digits-subset:CODE", "digits-perm:K", "digits-noise:S",
+            "digits-shift:D", "digits-rot:DEG", "mnist1d-pair:A-B", "mnist1d-subset:CODE", "mnist1d-perm:K",
+            "mnist1d-noise:S", "mnist1d-shift:D",
             "sciml:" + "|".join(SCIML_FAMILIES) + "[:k=v,...]", "hf:NAME[:CONFIG]", "parquet:PATH"]
+
+
+def _check_base(base: str) -> None:
+    if base not in BASES:
+        raise UserError(f"unknown base dataset {base!r}", f"use one of: {', '.join(BASES)}")
 
 
 def pair_tasks(base: str = "digits") -> list[str]:
     """The 45 binary class-pair task names of a 10-class base dataset."""
-    return [f"{base}-pair:{a}-{b}" for a in range(10) for b in range(a + 1, 10)]
+    _check_base(base)
+    return [f"{base}-pair:{a}-{b}" for a in range(NUM_CLASSES) for b in range(a + 1, NUM_CLASSES)]
+
+
+def subset_tasks(base: str = "digits") -> list[str]:
+    """The 1,022 class-subset task names of a 10-class base dataset, by code (1..1022)."""
+    _check_base(base)
+    return [f"{base}-subset:{code}" for code in SUBSET_CODES]
+
+
+FAMILY_LISTS: dict[str, Callable[[str], list[str]]] = {"pair": pair_tasks, "subset": subset_tasks}
+
+
+def expand_pattern(name: str) -> list[str]:
+    """`BASE-pair:*` -> the 45 pair tasks, `BASE-subset:*` -> the 1,022 subset tasks; any other name -> [name]."""
+    m = re.fullmatch(r"(\w+)-(\w+):\*", name)
+    if m and m.group(2) in FAMILY_LISTS:
+        return FAMILY_LISTS[m.group(2)](m.group(1))
+    return [name]
+
+
+def check_name(name: str) -> None:
+    """Raise the UserError `load_dataset(name)` would raise for a malformed name, without building any data.
+
+    Built-in families are checked completely (base, transform, argument); `hf:` names only for a
+    non-empty name (whether the Hub has it is known only by loading it) and `parquet:` paths for
+    an existing file.
+    """
+    if not isinstance(name, str) or not name:
+        raise UserError(f"dataset name {name!r} is empty", f"use one of: {', '.join(dataset_names())}")
+    kind, colon, rest = name.partition(":")
+    if kind == "sciml":
+        _sciml_params(rest)
+        return
+    if kind in ("hf", "parquet"):
+        if not rest:
+            raise UserError(f"dataset {name!r} names nothing after '{kind}:'", f"write e.g. {kind}:NAME")
+        if kind == "parquet" and not Path(rest).is_file():
+            raise UserError(f"parquet file {rest!r} does not exist", "give the path of a local .parquet file")
+        return
+    base, dash, transform = kind.partition("-")
+    if base not in BASES or (dash and transform not in TRANSFORMS) or (not dash and colon):
+        raise UserError(f"unknown dataset {name!r}", f"use one of: {', '.join(dataset_names())}")
+    if dash and not rest:
+        raise UserError(f"dataset {name!r} needs an argument after ':'", f"write e.g. {base}-{transform}:1")
+    if dash:
+        ARG_CHECKS[transform](base, rest)
 
 
 def load_dataset(name: str, seed: int = 0) -> Dataset:
@@ -296,13 +306,10 @@ def _load_cached(name: str, seed: int) -> Dataset:
         return _hf(rest, seed, name)
     if kind == "parquet":
         return _parquet(rest, seed, name)
+    check_name(name)
     base, dash, transform = kind.partition("-")
-    if base not in BASES or (dash and transform not in TRANSFORMS) or (not dash and colon):
-        raise UserError(f"unknown dataset {name!r}", f"use one of: {', '.join(dataset_names())}")
     x, y = BASES[base]()
     if not dash:
-        return _classification(name, x, y, seed, 10, {"base": base})
-    if not rest:
-        raise UserError(f"dataset {name!r} needs an argument after ':'", f"write e.g. {base}-{transform}:1")
+        return _classification(name, x, y, seed, NUM_CLASSES, {"base": base})
     x, y, k, meta = TRANSFORMS[transform](base, rest, x, y)
     return _classification(name, x, y, seed, k, {"base": base, "transform": transform, **meta})

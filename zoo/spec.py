@@ -1,7 +1,7 @@
 """Zoo specs: one TOML (or YAML) file says which population of models to train.
 
     name = "digits-mlp"
-    dataset = "digits"                  # a list sweeps; "digits-pair:*" is all 45 class pairs
+    dataset = "digits"                  # a list sweeps; "digits-pair:*" is all 45 class pairs, "digits-subset:*" all 1,022 subsets
     epochs = 20
     batch_size = [32, 128]              # a list is a grid axis
     seeds = 4                           # 0..3, or an explicit list
@@ -435,15 +435,14 @@ def _architecture_keys(name: str) -> set[str]:
 
 
 def _expand_dataset_patterns(values: list | Distribution) -> list | Distribution:
-    """`BASE-pair:*` -> the 45 class-pair tasks of BASE."""
+    """`BASE-pair:*` -> the 45 class-pair tasks of BASE, `BASE-subset:*` -> its 1,022 subset tasks."""
     if isinstance(values, Distribution):
         return values
-    from zoo.datasets import pair_tasks
+    from zoo.datasets import expand_pattern
 
     out: list[str] = []
     for v in values:
-        m = re.fullmatch(r"(\w+)-pair:\*", v)
-        out.extend(pair_tasks(m.group(1)) if m else [v])
+        out.extend(expand_pattern(v))
     return list(dict.fromkeys(out))
 
 
