@@ -44,12 +44,13 @@ OutOption = typer.Option(None, "--out", "-o", help="Write the results to FILE in
 WHERE_HELP = ("SQL condition over the pool models FULL JOIN checkpoints USING (model_id): any column of models "
               "(zoo, dataset, width, lr, seed, status, ...) or checkpoints (epoch, test_acc, ...), bare or qualified "
               "(models.seed, checkpoints.epoch), e.g. \"width = 32 AND epoch = epochs\"; or a whole SELECT returning "
-              "model_id. See docs/store.md, \"Filtering with --where\".")
+              "model_id")
+WHERE_SEE = "See docs/store.md, \"Filtering with --where\"."
 
 
 def where_option(default_note: str = "default: all") -> Any:
     """The --where/-w option with the shared help text (docs/store.md documents the pool)."""
-    return typer.Option(None, "--where", "-w", help=f"{WHERE_HELP} ({default_note}).")
+    return typer.Option(None, "--where", "-w", help=f"{WHERE_HELP} ({default_note}). {WHERE_SEE}")
 
 
 def name_list(items, limit: int = 4) -> str:

@@ -37,7 +37,7 @@ def _say(step: int | str, text: str) -> None:
 def _train(spec: str, store_path: Path, step: int):
     import zoo
 
-    with common.progress_bar(f"[{step}] training {spec}") as update:
+    with common.progress_bar(f"[{step}] training {spec}", unit="model-epochs") as update:
         def progress(p) -> None:
             update(advance=0, total=p.work_total or 1, info=f"{p.models_done}/{p.models_total} models, "
                    f"epoch {p.epoch}/{p.epochs}, {p.samples_per_s:,.0f} samples/s")
@@ -120,7 +120,7 @@ def demo(
     phases = zs.sql("SELECT phase, count(*) AS models, round(avg(c.test_acc), 3) AS test_acc FROM landscape l "
                     "JOIN models m USING (model_id) JOIN checkpoints c USING (model_id, epoch) "
                     "WHERE m.zoo = $zoo AND l.recipe_id = $recipe GROUP BY phase ORDER BY phase",
-                    {**zoo_param, "recipe": ls.recipe_id})
+                    {"zoo": PHASE_ZOO, "recipe": ls.recipe_id})
     pngs = plot_phases(zs, out / "phases", where=PHASE_FILTER, recipe_id=ls.recipe_id)
     _say(5, f"landscape of {ls.selected} models ({ls.computed} computed now, {ls.already_stored} stored before): "
             + ", ".join(f"{r.phase} {r.models} (acc {r.test_acc:.3f})" for r in phases.itertuples())

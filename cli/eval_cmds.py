@@ -138,7 +138,9 @@ def eval_cmd(
     device: str = DeviceOption,
     batch_size: int = typer.Option(4096, "--models-per-read", help="Checkpoints read from the store per batch."),
     rescore: bool = typer.Option(False, "--rescore", help="Evaluate again checkpoints already scored on this dataset/split (reported, not written: the store is append-only)."),
-    fmt: Optional[str] = common.OutFormatOption,
+    fmt: Optional[str] = typer.Option(None, "--format", "-f", help="table (default), json or csv on the terminal; "
+                                      "with -o the file's extension names the format, and a --format that "
+                                      "disagrees is an error."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Also write every evaluated checkpoint's scores to "
                                        "FILE, in the format its extension names (.parquet, .csv, .json, .jsonl, .txt)."),
 ) -> None:

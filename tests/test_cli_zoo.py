@@ -30,7 +30,8 @@ def test_specs_lists_the_builtins(run_cli):
     assert code == 0 and "train" in out and "specs" in out
 
 
-def test_train_a_spec_file_then_rerun(run_cli, tmp_path):
+def test_train_a_spec_file_then_rerun(run_cli, tmp_path, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")  # the progress bar keeps its count and ETA at 80 columns
     spec = tmp_path / "tiny.toml"
     spec.write_text(TINY)
     store = tmp_path / "st"
@@ -38,7 +39,8 @@ def test_train_a_spec_file_then_rerun(run_cli, tmp_path):
     assert code == 0, err
     summary = json.loads(out)
     assert summary["zoo"] == "cli-tiny" and summary["trained"] == 4 and summary["checkpoints_written"] == 12
-    assert "model-epochs" in err  # the progress bar (stderr)
+    bar = next(ln for ln in err.splitlines() if "model-epochs" in ln)  # the progress bar (stderr)
+    assert "8/8 model-epochs" in bar and "ETA 0:00:00" in bar and len(bar) <= 80
     assert ZooStore(store, create=False).count("checkpoints") == 12
     code, out, _ = run_cli("zoo", "train", spec, "--store", store, "--format", "json")
     assert code == 0 and json.loads(out)["already_finished"] == 4
