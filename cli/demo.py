@@ -26,6 +26,8 @@ from cli import common
 PHASE_ZOO = "phases"
 PAIRS_ZOO = "digits-pairs"
 HELD_OUT = "digits-pair:3-8"  # a held-out pair that is not trivially separable
+# the --where a user would type to select the phases zoo; the landscape, plot and Hub APIs take filter text
+PHASE_FILTER = f"zoo = '{PHASE_ZOO}'"
 
 
 def _say(step: int | str, text: str) -> None:
@@ -35,7 +37,7 @@ def _say(step: int | str, text: str) -> None:
 def _train(spec: str, store_path: Path, step: int):
     import zoo
 
-    with common.progress_bar(f"[{step}] training {spec}") as update:
+    with common.progress_bar(f"[{step}] training {spec}", unit="model-epochs") as update:
         def progress(p) -> None:
             update(advance=0, total=p.work_total or 1, info=f"{p.models_done}/{p.models_total} models, "
                    f"epoch {p.epoch}/{p.epochs}, {p.samples_per_s:,.0f} samples/s")
@@ -69,17 +71,20 @@ def demo(
             f"{s.diverged} diverged) in {s.seconds:.1f}s -> {store_path}")
     zs = ZooStore(store_path, create=False)
 
-    # [2] SQL over the store, then the selected weights as one tensor
-    where = f"zoo = '{PHASE_ZOO}' AND status = 'done'"
+    # [2] SQL over the store (our values bound as parameters), then the selected weights as one tensor
+    from store.filters import select_checkpoints
+
+    zoo_param = {"zoo": PHASE_ZOO, "done": "done"}
     table = zs.sql(
         "SELECT m.width, m.lr, count(*) AS seeds, round(avg(c.test_acc), 3) AS test_acc "
         "FROM checkpoints c JOIN models m USING (model_id) "
-        f"WHERE m.zoo = '{PHASE_ZOO}' AND m.status = 'done' AND c.epoch = m.epochs "
-        "GROUP BY ALL ORDER BY test_acc DESC LIMIT 5")
+        "WHERE m.zoo = $zoo AND m.status = $done AND c.epoch = m.epochs "
+        "GROUP BY ALL ORDER BY test_acc DESC LIMIT 5", zoo_param)
     common.print_table(table, title="[2] best configurations by SQL")
     t0 = time.perf_counter()
-    groups = zs.weights("SELECT checkpoint_id FROM checkpoints JOIN models USING (model_id) "
-                        f"WHERE {where} AND epoch = epochs ORDER BY model_id", grouped=True)
+    final = select_checkpoints(zs, None, "zoo = $zoo", "status = $done", "checkpoints.epoch = epochs",
+                               params=zoo_param)
+    groups = zs.weights(final.checkpoint_id.tolist(), grouped=True)
     n = sum(len(m) for _, m in groups.values())
     _say(2, f"{n} final checkpoints as {len(groups)} tensors (one per width: "
             + ", ".join(str(tuple(w.shape)) for w, _ in groups.values())
@@ -96,9 +101,9 @@ def demo(
 
     # [4] averaging the seeds of the best configuration, with and without aligning hidden units
     best = table.iloc[0]
-    seeds = zs.sql("SELECT checkpoint_id, model_id FROM checkpoints JOIN models USING (model_id) "
-                   f"WHERE {where} AND epoch = epochs AND width = {int(best.width)} AND lr = {float(best.lr)} "
-                   "ORDER BY seed")
+    seeds = select_checkpoints(zs, None, "zoo = $zoo", "status = $done", "checkpoints.epoch = epochs",
+                               "width = $width", "lr = $lr", order_by="seed",
+                               params={**zoo_param, "width": int(best.width), "lr": float(best.lr)})
     sw, smeta = zs.weights(seeds.checkpoint_id.tolist())
     avg = average_seeds(sw, zs.layout(smeta.layout_id[0]), load_dataset("digits")).summary
     _say(4, f"averaging the {avg['models']} seeds of width {int(best.width)}, lr {float(best.lr)}: endpoints "
@@ -110,12 +115,13 @@ def demo(
     from zoo.landscape.plot import plot_phases
 
     with common.progress_bar("[5] loss landscape") as update:
-        ls = compute_landscape(zs, where=f"zoo = '{PHASE_ZOO}'",
+        ls = compute_landscape(zs, where=PHASE_FILTER,
                                progress=lambda adv, info, total=None: update(advance=adv, info=info, total=total))
-    phases = zs.sql(f"SELECT phase, count(*) AS models, round(avg(c.test_acc), 3) AS test_acc FROM landscape l "
-                    f"JOIN models m USING (model_id) JOIN checkpoints c USING (model_id, epoch) "
-                    f"WHERE m.zoo = '{PHASE_ZOO}' AND l.recipe_id = '{ls.recipe_id}' GROUP BY phase ORDER BY phase")
-    pngs = plot_phases(zs, out / "phases", where=f"zoo = '{PHASE_ZOO}'", recipe_id=ls.recipe_id)
+    phases = zs.sql("SELECT phase, count(*) AS models, round(avg(c.test_acc), 3) AS test_acc FROM landscape l "
+                    "JOIN models m USING (model_id) JOIN checkpoints c USING (model_id, epoch) "
+                    "WHERE m.zoo = $zoo AND l.recipe_id = $recipe GROUP BY phase ORDER BY phase",
+                    {"zoo": PHASE_ZOO, "recipe": ls.recipe_id})
+    pngs = plot_phases(zs, out / "phases", where=PHASE_FILTER, recipe_id=ls.recipe_id)
     _say(5, f"landscape of {ls.selected} models ({ls.computed} computed now, {ls.already_stored} stored before): "
             + ", ".join(f"{r.phase} {r.models} (acc {r.test_acc:.3f})" for r in phases.itertuples())
             + f"; diagrams in {out / 'phases'} ({len(pngs)} PNG)")
@@ -142,7 +148,7 @@ def demo(
     hub_dir = out / "hub"
     if (hub_dir / "wsl-zoo.json").exists():  # our own earlier output; build_folder wants a new folder
         shutil.rmtree(hub_dir)
-    report = build_folder(zs, hub_dir, where=f"zoo = '{PHASE_ZOO}'")
+    report = build_folder(zs, hub_dir, where=PHASE_FILTER)
     _say(7, f"Hub dataset folder (dry run) {hub_dir}: "
             + ", ".join(f"{r['table']} {r['rows']}" for r in report.rows())
             + f"; publish with: wsl publish --store {store_path} --repo-id ORG/NAME")

@@ -1,16 +1,17 @@
 """`wsl eval`, `wsl average`, `wsl prune`, `wsl predict-properties`: weight-space operations on stored checkpoints.
 
-    wsl eval --where "models.zoo = 'digits-mlp' AND epoch = 20" --dataset digits [--format json]
+    wsl eval --where "models.zoo = 'digits-mlp' AND epoch = 20" --dataset digits [--format json] [-o scores.parquet]
+    wsl eval --where "zoo = 'digits-pairs' AND epoch = epochs" --dataset own   # each model on its own task
     wsl average --where "lr > 0.01" --dataset digits --mode last-k --k 3
     wsl average --where "width = 32 AND lr = 0.1" --dataset digits --mode seeds
     wsl prune --where "epoch = 20" --dataset digits --sparsity 0.5,0.8,0.9
     wsl predict-properties --where "epoch >= 1" --target test_acc --target "log10(lr)"
 
---where is a SQL condition over checkpoints joined with models (USING
-model_id; qualify as checkpoints.x / models.x where a name is in both), so
-"epoch = 20 AND lr < 0.1" works as written. Without --where every checkpoint
-is selected. Only `wsl eval` writes (scores into the `evaluations` table);
-the others report.
+--where selects checkpoints from the one pool every command filters (store/filters.py:
+models LEFT JOIN checkpoints USING (model_id); any column of either, bare or qualified),
+so "epoch = 20 AND lr < 0.1" works as written. Without --where every checkpoint is
+selected; a filter that selects none is an error naming it. Only `wsl eval` writes
+(scores into the `evaluations` table); the others report.
 """
 from __future__ import annotations
 
@@ -22,12 +23,15 @@ import typer
 from cli import common
 from store.errors import UserError
 
-WhereOption = typer.Option(None, "--where", "-w",
-                           help='SQL condition over checkpoints JOIN models, e.g. "epoch = 20 AND lr < 0.1" (default: all).')
+WhereOption = common.where_option("default: every checkpoint")
 DatasetOption = typer.Option(..., "--dataset", "-d", help="Dataset name (see `wsl datasets`), e.g. digits.")
+EvalDatasetOption = typer.Option(..., "--dataset", "-d", help="Dataset name (see `wsl datasets`), e.g. digits; "
+                                 "or `own`: every model on the dataset it was trained on (models.dataset, with its "
+                                 "split seed).")
 SplitOption = typer.Option("test", "--split", help="test or train.")
 SeedOption = typer.Option(0, "--dataset-seed", help="Split seed of the dataset (the zoo's models say which they used).")
 DeviceOption = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N.")
+OWN = "own"
 
 
 def _open(store: Optional[Path]):
@@ -36,23 +40,14 @@ def _open(store: Optional[Path]):
     return ZooStore(common.store_path(store), create=False)
 
 
-def _selection(where: Optional[str], columns: str = "checkpoints.checkpoint_id, checkpoints.model_id, "
-                                                    "checkpoints.layout_id, checkpoints.epoch") -> str:
-    cond = (where or "").strip()
-    if cond.lower().startswith("where "):
-        cond = cond[6:]
-    return (f"SELECT {columns} FROM checkpoints LEFT JOIN (SELECT * EXCLUDE (layout_id) FROM models) AS models "
-            f"USING (model_id) WHERE {cond or 'true'}")
-
-
 def _select(zs, where: Optional[str], extra: str = ""):
-    """DataFrame of the selected checkpoints (ids, model, layout, epoch [+ extra]), in a stable order."""
-    cols = "checkpoints.checkpoint_id, checkpoints.model_id, checkpoints.layout_id, checkpoints.epoch" + extra
-    df = zs.sql(_selection(where, cols) + " ORDER BY checkpoints.model_id, checkpoints.epoch, checkpoints.checkpoint_id")
-    if df.empty:
-        raise UserError(f"--where {where!r} selects no checkpoints",
-                        'check it with: wsl query "SELECT count(*) FROM checkpoints JOIN models USING (model_id) WHERE ..."')
-    return df
+    """DataFrame of the selected checkpoints (ids, model, layout, epoch [+ extra]), in a stable order.
+
+    An empty selection is a UserError naming the filter (store/filters.py).
+    """
+    from store.filters import CHECKPOINT_COLUMNS, select_checkpoints
+
+    return select_checkpoints(zs, where, columns=CHECKPOINT_COLUMNS + extra)
 
 
 def _dataset(name: str, seed: int):
@@ -89,48 +84,122 @@ def _emit(summary: dict[str, Any], rows, fmt: str, title: str) -> None:
 
 
 # --------------------------------------------------------------------------- wsl eval
+def _own_key(name: str, dataset_id: Any) -> str:
+    return f"{name}|{dataset_id if isinstance(dataset_id, str) else ''}"
+
+
+def _own_datasets(zs, sel, split_seed: int) -> dict[str, Any]:
+    """{_own_key(dataset name, dataset_id): Dataset} of the selected models' own training data.
+
+    The split seed comes from the `datasets` row of the model's dataset_id, else the models'
+    `data_seed` column, else --dataset-seed; the loaded dataset must then have the model's
+    dataset_id (same name, seed and data), or it is not the data the model was trained on.
+    """
+    from store.filters import in_list
+
+    missing = sel[sel.own_dataset.isna()]
+    if len(missing):
+        raise UserError(f"--dataset own: {missing.model_id.nunique()} selected models have no dataset in the models "
+                        f"table (e.g. {missing.model_id.iloc[0]})", "give the dataset by name, e.g. --dataset digits")
+    keys = sel[["own_dataset", "own_dataset_id"]].drop_duplicates()
+    seeds: dict[str, int] = {}
+    ids = [i for i in keys.own_dataset_id.dropna().unique().tolist()]
+    if ids and zs.count("datasets"):
+        params: dict[str, Any] = {}
+        cond = in_list("dataset_id", "ids", ids, params)
+        for r in zs.sql(f"SELECT dataset_id, any_value(seed) AS seed FROM datasets WHERE {cond} GROUP BY 1",
+                        params).itertuples():
+            if r.seed is not None and r.seed == r.seed:
+                seeds[r.dataset_id] = int(r.seed)
+    if "data_seed" in zs.schema("models").names and ids:
+        params = {}
+        cond = in_list("dataset_id", "ids", ids, params)
+        for r in zs.sql(f"SELECT dataset_id, any_value(data_seed) AS s FROM models WHERE {cond} "
+                        "AND data_seed IS NOT NULL GROUP BY 1", params).itertuples():
+            seeds.setdefault(r.dataset_id, int(r.s))
+    out = {}
+    for name, did in keys.itertuples(index=False):
+        did = did if isinstance(did, str) else None
+        ds = _dataset(name, seeds.get(did, split_seed) if did else split_seed)
+        if did is not None and ds.dataset_id != did:
+            raise UserError(f"--dataset own: dataset {name!r} with split seed {ds.seed} has dataset_id {ds.dataset_id}, "
+                            f"but the models were trained on dataset_id {did}",
+                            "give the split seed the zoo used (--dataset-seed), or the dataset by name")
+        out[_own_key(name, did)] = ds
+    return out
+
+
 def eval_cmd(
     where: Optional[str] = WhereOption,
-    dataset: str = DatasetOption,
+    dataset: str = EvalDatasetOption,
     store: Optional[Path] = common.StoreOption,
     split: str = SplitOption,
     dataset_seed: int = SeedOption,
     device: str = DeviceOption,
     batch_size: int = typer.Option(4096, "--models-per-read", help="Checkpoints read from the store per batch."),
     rescore: bool = typer.Option(False, "--rescore", help="Evaluate again checkpoints already scored on this dataset/split (reported, not written: the store is append-only)."),
-    fmt: str = common.FormatOption,
+    fmt: Optional[str] = typer.Option(None, "--format", "-f", help="table (default), json or csv on the terminal; "
+                                      "with -o the file's extension names the format, and a --format that "
+                                      "disagrees is an error."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Also write every evaluated checkpoint's scores to "
+                                       "FILE, in the format its extension names (.parquet, .csv, .json, .jsonl, .txt)."),
 ) -> None:
     """Score the selected checkpoints on a dataset with the fused evaluator; append to the `evaluations` table."""
     import time
 
     import pandas as pd
+    import torch
 
-    from wsl.evaluate import evaluate
+    from cli import output
+    from store.filters import in_list
+    from wsl.evaluate import check_fit, evaluate
     from wsl.loader import WeightLoader
 
-    common.check_format(fmt, ("table", "json", "csv"))
+    if out is not None:
+        file_fmt = output.resolve(out, fmt)
+        fmt = "table"
+    else:
+        fmt = fmt or "table"
+        common.check_format(fmt, ("table", "json", "csv"))
     zs = _open(store)
-    ds = _dataset(dataset, dataset_seed)
-    ds.split(split)  # validates the split name
-    sel = _select(zs, where)
-    done = set()
+    own = dataset == OWN
+    fixed = None if own else _dataset(dataset, dataset_seed)
+    if fixed is not None:
+        fixed.split(split)  # validates the split name
+    elif split not in ("train", "test"):
+        raise UserError(f"unknown split {split!r}", "use 'train' or 'test'")
+    sel = _select(zs, where, ", models.dataset AS own_dataset, models.dataset_id AS own_dataset_id")
+    if own:
+        datasets = _own_datasets(zs, sel, dataset_seed)
+        sel["ds_key"] = [_own_key(n, d) for n, d in zip(sel.own_dataset, sel.own_dataset_id)]
+    else:
+        datasets = {"": fixed}
+        sel["ds_key"] = ""
+    sel["eval_dataset_id"] = [datasets[k].dataset_id for k in sel.ds_key]
+    # every (dataset, layout) pair is checked before any work: a class-count or shape mismatch writes nothing
+    layouts = {lid: zs.layout(lid) for lid in sorted(sel.layout_id.unique())}
+    for (key, lid), _ in sel.groupby(["ds_key", "layout_id"], sort=True):
+        check_fit(layouts[lid], datasets[key], split)
+    done: set[tuple[str, str]] = set()
     if zs.count("evaluations"):
-        prev = zs.sql("SELECT checkpoint_id FROM evaluations WHERE dataset_id = '"
-                      + ds.dataset_id.replace("'", "''") + f"' AND split = '{split}'")
-        done = set(prev.checkpoint_id)
-    todo = sel if rescore else sel[~sel.checkpoint_id.isin(done)]
-    rows, per_layout = [], []
+        params: dict[str, Any] = {"split": split}
+        cond = in_list("dataset_id", "ids", sorted(set(sel.eval_dataset_id)), params)
+        prev = zs.sql(f"SELECT checkpoint_id, dataset_id FROM evaluations WHERE split = $split AND {cond}", params)
+        done = set(zip(prev.checkpoint_id, prev.dataset_id))
+    scored = [(c, d) in done for c, d in zip(sel.checkpoint_id, sel.eval_dataset_id)]
+    todo = sel if rescore else sel[[not x for x in scored]]
+    rows, per_group = [], []
     t_all = time.perf_counter()
-    with common.progress_bar(f"eval on {dataset}/{split}", total=len(todo)) as update:
-        for lid, part in todo.groupby("layout_id", sort=True):
-            layout = zs.layout(lid)
+    with common.progress_bar(f"eval on {dataset}/{split}", total=len(todo), unit="checkpoints") as update:
+        for (key, lid), part in todo.groupby(["ds_key", "layout_id"], sort=True):
+            layout, ds = layouts[lid], datasets[key]
             loader = WeightLoader(zs, part.checkpoint_id.tolist(), batch_size=batch_size)
             t0 = time.perf_counter()
             accs, n = [], 0
             for w, meta in loader:
                 res = evaluate(w, layout, ds, split=split, device=device)
                 for i, (cid, mid) in enumerate(zip(meta.checkpoint_id, meta.model_id)):
-                    row = {"checkpoint_id": cid, "model_id": mid, "dataset": dataset, "dataset_id": ds.dataset_id,
+                    row = {"checkpoint_id": cid, "model_id": mid, "dataset": ds.name, "dataset_id": ds.dataset_id,
                            "split": split, "loss": float(res.loss[i]),
                            "accuracy": float(res.accuracy[i]) if res.task == "classification" else None}
                     if res.r2 is not None:
@@ -139,20 +208,25 @@ def eval_cmd(
                 accs.append(res.accuracy if res.task == "classification" else res.r2)
                 n += len(w)
                 update(len(w))
-            import torch
-
             a = torch.cat(accs)
             secs = time.perf_counter() - t0
-            per_layout.append({"layout_id": lid, "architecture": (layout.arch or {}).get("name"), "checkpoints": n,
-                               "mean_score": float(a.mean()), "best_score": float(a.max()),
-                               "seconds": round(secs, 3), "checkpoints_per_s": round(n / secs, 1) if secs else None})
-    new_rows = [r for r in rows if r["checkpoint_id"] not in done]
+            per_group.append({"dataset": ds.name, "layout_id": lid, "architecture": (layout.arch or {}).get("name"),
+                              "checkpoints": n, "mean_score": float(a.mean()), "best_score": float(a.max()),
+                              "seconds": round(secs, 3), "checkpoints_per_s": round(n / secs, 1) if secs else None})
+    new_rows = [r for r in rows if (r["checkpoint_id"], r["dataset_id"]) not in done]
     written = zs.append("evaluations", pd.DataFrame(new_rows)) if new_rows else 0
-    metric = "r2" if ds.task == "regression" else "accuracy"
-    summary = {"dataset": dataset, "dataset_id": ds.dataset_id, "split": split, "selected": len(sel),
-               "evaluated": len(rows), "already_scored": len(sel) - len(todo), "written": int(written),
+    tasks = {ds.task for ds in datasets.values()}
+    metric = "accuracy" if tasks == {"classification"} else "r2" if tasks == {"regression"} else "accuracy/r2"
+    summary = {"dataset": dataset, "dataset_id": fixed.dataset_id if fixed is not None else None,
+               "datasets": len(datasets), "split": split, "selected": len(sel), "evaluated": len(rows),
+               "already_scored": int(sum(scored)), "written": int(written), "fused_groups": len(per_group),
                "score": metric, "seconds": round(time.perf_counter() - t_all, 3)}
-    _emit(summary, pd.DataFrame(per_layout) if per_layout else None, fmt, "wsl eval")
+    if out is not None:
+        columns = ["checkpoint_id", "model_id", "dataset", "dataset_id", "split", "loss", "accuracy"] + \
+            (["r2"] if any("r2" in r for r in rows) else [])
+        n = output.write(pd.DataFrame(rows, columns=columns), out, file_fmt)
+        summary["out"] = f"{out} ({n} rows, {file_fmt})"
+    _emit(summary, pd.DataFrame(per_group) if per_group else None, fmt, "wsl eval")
 
 
 # --------------------------------------------------------------------------- wsl average
@@ -278,7 +352,7 @@ def predict_properties_cmd(
     counts = sel.layout_id.value_counts()
     lid = counts.index[0]
     if len(counts) > 1:
-        raise UserError(f"the selection has {len(counts)} layouts ({', '.join(counts.index[:4])})",
+        raise UserError(f"the selection has {len(counts)} layouts ({common.name_list(counts.index)})",
                         "predict properties within one architecture and width: add e.g. AND width = 32 to --where")
     w, part = _weights_by_layout(zs, sel)[lid]
     X, _ = layer_statistics(w, zs.layout(lid))

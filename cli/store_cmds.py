@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Optional
 
@@ -25,49 +24,23 @@ def _open(store: Optional[Path]):
     return ZooStore(common.store_path(store), create=False)
 
 
-def _printable(tbl):
-    """Arrow result -> DataFrame with BLOB cells shown as '<N bytes>' (weights never flood a terminal)."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    cols = []
-    for name, col in zip(tbl.column_names, tbl.columns):
-        if pa.types.is_binary(col.type) or pa.types.is_large_binary(col.type):
-            lengths = pc.binary_length(col)
-            col = pc.binary_join_element_wise("<", pc.cast(lengths, pa.string()), " bytes>", "", null_handling="emit_null")
-        cols.append(col)
-    return pa.Table.from_arrays(cols, names=tbl.column_names).to_pandas()
-
-
 def query(
     sql: str = typer.Argument(..., help='A SELECT over the store\'s tables, e.g. "SELECT * FROM models LIMIT 5".'),
     store: Optional[Path] = common.StoreOption,
-    fmt: str = typer.Option("table", "--format", "-f", help="table, csv, json, or parquet (needs --out)."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="File for --format parquet (or csv/json instead of stdout)."),
+    fmt: Optional[str] = common.OutFormatOption,
+    out: Optional[Path] = common.OutOption,
 ) -> None:
     """Run a read-only SQL query over the store (tables: models, checkpoints, landscape, ...)."""
-    common.check_format(fmt)
-    if fmt == "parquet" and out is None:
-        raise UserError("--format parquet writes a file", "give --out FILE.parquet")
+    from cli import output
+
+    fmt = output.resolve(out, fmt)  # a clash or an unknown extension fails before the query runs
     zs = _open(store)
     result = zs.arrow(sql)
-    if fmt == "parquet":
-        import pyarrow.parquet as pq
-
-        tmp = out.with_name(f".tmp-{out.name}")
-        pq.write_table(result, tmp)
-        os.replace(tmp, out)
-        typer.echo(f"wrote {result.num_rows} rows to {out}")
-        return
-    df = _printable(result)
     if out is not None:
-        text = df.to_csv(index=False) if fmt == "csv" else df.to_json(orient="records", default_handler=str) + "\n"
-        tmp = out.with_name(f".tmp-{out.name}")
-        tmp.write_text(text)
-        os.replace(tmp, out)
-        typer.echo(f"wrote {len(df)} rows to {out}")
+        n = output.write(result, out, fmt)
+        typer.echo(f"wrote {n} rows to {out} ({fmt})")
         return
-    common.emit(df, fmt)
+    output.emit_stdout(result, fmt)
 
 
 @store_app.command("tables")

@@ -1,4 +1,7 @@
-"""`wsl zoo ...`: train model zoos from specs, list the built-in specs.
+"""`wsl zoo ...`: train model zoos from specs, list the built-in specs, see what a store's zoos hold.
+
+    wsl zoo list                 # every zoo: models by status, checkpoints, grid columns, final accuracy
+    wsl zoo show phases          # one zoo: its grid, accuracy spread per grid cell, phase counts
 
 `zoo_app` is the `wsl zoo` sub-app; other modules add their commands to it
 (e.g. `wsl zoo landscape`) with `@zoo_app.command(...)`.
@@ -11,6 +14,7 @@ from typing import Optional
 import typer
 
 from cli import common
+from store.errors import UserError
 
 zoo_app = typer.Typer(
     name="zoo",
@@ -40,8 +44,8 @@ def train(
         last = {"work": 0}
 
         def progress(p) -> None:
-            info = (f"models {p.models_done}/{p.models_total} | cohort {p.cohort}/{p.cohorts} | "
-                    f"epoch {p.epoch}/{p.epochs} | {p.samples_per_s:,.0f} samples/s")
+            info = (f"epoch {p.epoch}/{p.epochs} of cohort {p.cohort}/{p.cohorts}, "
+                    f"{p.models_done}/{p.models_total} models done, {p.samples_per_s:,.0f} samples/s")
             update(advance=p.work_done - last["work"], total=max(p.work_total, 1), info=info)
             last["work"] = p.work_done
 
@@ -63,6 +67,75 @@ def specs(fmt: str = common.FormatOption) -> None:
                      "architecture": s.architecture["name"], "epochs": ",".join(map(str, epochs)) if isinstance(epochs, list) else epochs,
                      "description": s.description})
     common.emit(rows, fmt, title="built-in zoo specs")
+
+
+def _open(store: Optional[Path]):
+    from store.store import ZooStore
+
+    return ZooStore(common.store_path(store), create=False)
+
+
+def _spread(lo, mean, hi) -> str:
+    return "NULL" if lo is None else f"{lo:.3f} {mean:.3f} {hi:.3f}"
+
+
+@zoo_app.command("list")
+def list_cmd(store: Optional[Path] = common.StoreOption, fmt: str = common.FormatOption) -> None:
+    """The store's zoos: models by status, checkpoints, which hyperparameters vary, final test accuracy."""
+    from store.zoo_summary import list_zoos
+
+    common.check_format(fmt, ("table", "csv", "json"))
+    zs = _open(store)
+    rows = list_zoos(zs)
+    if not rows:
+        raise UserError(f"store {zs.path} has no models", "train a zoo first: wsl zoo train SPEC")
+    if fmt != "table":
+        common.emit(rows, fmt)
+        return
+    status = lambda r: ", ".join(f"{k} {r[k]}" for k in ("done", "diverged", "other") if r[k])  # noqa: E731
+    common.print_table([{"zoo": r["zoo"], "models": r["models"], "status": status(r),
+                         "test_acc min mean max": _spread(r["test_acc_min"], r["test_acc_mean"], r["test_acc_max"]),
+                         "grid": r["grid"] or "-", "ckpts": r["checkpoints"], "landscape": r["landscape_rows"]}
+                        for r in rows],
+                       f"zoos in {zs.path} (test_acc: each model's last checkpoint)")
+
+
+@zoo_app.command("show")
+def show_cmd(
+    name: str = typer.Argument(..., help="The zoo's name (see `wsl zoo list`)."),
+    store: Optional[Path] = common.StoreOption,
+    fmt: str = common.FormatOption,
+) -> None:
+    """One zoo: its grid (the hyperparameters that vary, and their values), counts, accuracy spread, phases."""
+    import pandas as pd
+
+    from store.zoo_summary import summarize_zoo, values_text
+
+    common.check_format(fmt, ("table", "json"))
+    s = summarize_zoo(_open(store), name)
+    if fmt == "json":
+        common.emit(s, "json")
+        return
+    acc = s["accuracy"]["test_acc"]
+    overview = {"models": s["models"], "status": ", ".join(f"{k} {v}" for k, v in s["status"].items()),
+                "seeds": s["seeds"], "checkpoints": s["checkpoints"],
+                "epochs": f"{s['epochs'][0]} .. {s['epochs'][1]}" if s["epochs"] else None,
+                "final test_acc": (f"min {acc['min']:.4g}, mean {acc['mean']:.4g}, max {acc['max']:.4g} "
+                                   f"({acc['models']} models)") if acc["models"] else None,
+                "landscape rows": s["landscape_rows"]}
+    overview.update({f"fixed {k}": v for k, v in s["fixed"].items()})
+    common.print_summary(overview, f"zoo {name}")
+    if s["grid"]:
+        common.print_table(pd.DataFrame([{"hyperparameter": k, "values": len(v), "grid": values_text(v)}
+                                         for k, v in s["grid"].items()]), "grid (hyperparameters that vary)",
+                           fold_last=True)
+        cells = [{**{k: c[k] for k in s["grid"]}, "models": c["models"],
+                  "test_acc min mean max": _spread(c["test_acc_min"], c["test_acc_mean"], c["test_acc_max"])}
+                 for c in s["cells"]]
+        common.print_table(cells, f"final test_acc per grid cell: {len(cells)} cells")
+    if s["phases"]:
+        common.print_table(pd.DataFrame([{"phase": k, "rows": v} for k, v in s["phases"].items()]),
+                           f"landscape phases ({s['landscape_rows']} rows, {s['landscape_recipes']} recipes)")
 
 
 def register(app: typer.Typer) -> None:

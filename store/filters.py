@@ -4,14 +4,18 @@ Every command that takes `--where` (eval, average, prune, export, zoo landscape,
 phases, generate fit, publish, ...) applies it to the same pool: one row per checkpoint
 with its model's columns,
 
-    models LEFT JOIN checkpoints USING (model_id)        -- the `weights` column is never read
+    models FULL JOIN checkpoints USING (model_id)        -- the `weights` column is never read
 
 so a filter may name any column of `models` or of `checkpoints`, bare (`width = 32 AND
 epoch = epochs`) or qualified (`models.seed`, `checkpoints.test_acc`). A model that has
 no checkpoint yet is one row whose checkpoint columns are NULL: a filter on model columns
 still selects it for model-level commands (publish, landscape), and checkpoint-level
-commands never see it. `layout_id` is the checkpoint's. A filter may also be a whole
-`SELECT ... model_id ...` query (or `WITH ...`): it then selects the models it returns.
+commands never see it. A checkpoint whose model has no `models` row (weights appended
+or imported without one) is a row whose model columns are NULL: checkpoint-level
+commands see it, model-level ones (which select rows of `models`) do not. Bare
+`model_id` is the one of either side; `layout_id` is the checkpoint's. A filter may also
+be a whole `SELECT ... model_id ...` query (or `WITH ...`): it then selects the models
+it returns.
 
 Our own conditions never splice literals into SQL text: they carry `$name` placeholders
 and their values travel as bound parameters (`ZooStore.sql(query, params)`); `in_list`
@@ -22,13 +26,13 @@ binds a Python list as one parameter.
 """
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping
 
 from store.errors import UserError
 
 MODELS = "(SELECT * EXCLUDE (layout_id) FROM models) AS models"
 CHECKPOINTS = "(SELECT * EXCLUDE (weights) FROM checkpoints) AS checkpoints"
-POOL = f"{MODELS} LEFT JOIN {CHECKPOINTS} USING (model_id)"
+POOL = f"{MODELS} FULL JOIN {CHECKPOINTS} USING (model_id)"
 # what a checkpoint-level query returns by default
 CHECKPOINT_COLUMNS = "checkpoints.checkpoint_id, model_id, checkpoints.layout_id, checkpoints.epoch"
 CHECKPOINT_ORDER = "model_id, checkpoints.epoch, checkpoints.checkpoint_id"
@@ -90,8 +94,8 @@ def checkpoint_query(where: str | None, *conditions: str, columns: str = CHECKPO
 def model_query(where: str | None, *conditions: str, columns: str = "DISTINCT model_id",
                 order_by: str | None = "model_id", params: Mapping[str, Any] | None = None
                 ) -> tuple[str, dict[str, Any]]:
-    """(SQL, params) selecting models with at least one pool row matching the filter and our conditions."""
-    q = f"SELECT {columns} FROM {POOL} WHERE {compose(where, *conditions)}"
+    """(SQL, params) selecting models (rows of `models`) with at least one pool row matching the filter and ours."""
+    q = f"SELECT {columns} FROM {POOL} WHERE {compose(where, 'models.model_id IS NOT NULL', *conditions)}"
     if order_by:
         q += f" ORDER BY {order_by}"
     return q, dict(params or {})

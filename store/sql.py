@@ -1,7 +1,8 @@
 """The read-only DuckDB connection users query.
 
 Each table is a DuckDB view over the table's current parts
-(`read_parquet([...], union_by_name=true)`: a column missing from an older
+(`read_parquet([...], union_by_name=true)`, built through DuckDB's relation
+API so the paths are values, not SQL text: a column missing from an older
 part reads as NULL). Once the views exist, the connection is locked down
 with DuckDB's own settings:
 
@@ -87,21 +88,17 @@ def connect_readonly(views: dict[str, tuple[list[str], pa.Schema]]) -> duckdb.Du
     for name, (paths, schema) in views.items():
         if paths:
             allowed += paths
-            files = ", ".join(_quote(p) for p in paths)
-            con.execute(f'CREATE VIEW "{name}" AS SELECT * FROM read_parquet([{files}], union_by_name=true)')
+            # the relation API takes the paths as values: no file name is ever spliced into SQL text by us
+            con.read_parquet(list(paths), union_by_name=True).create_view(name, replace=False)
         else:
             cols = ", ".join(f'CAST(NULL AS {duck_type(f.type)}) AS "{f.name}"' for f in schema) or "NULL AS dummy"
             con.execute(f'CREATE VIEW "{name}" AS SELECT {cols} WHERE false')
     con.execute("SET parquet_metadata_cache = true")
     if allowed:
-        con.execute(f"SET allowed_paths = [{', '.join(_quote(p) for p in allowed)}]")
+        con.execute("SET allowed_paths = $paths", {"paths": allowed})
     con.execute("SET enable_external_access = false")
     con.execute("SET lock_configuration = true")
     return con
-
-
-def _quote(s: str) -> str:
-    return "'" + s.replace("'", "''") + "'"
 
 
 def run(con: duckdb.DuckDBPyConnection, query: str, params=None) -> pa.Table:

@@ -142,3 +142,105 @@ def test_eval_regression_writes_r2_and_null_accuracy(run_cli, tmp_path):
     assert json.loads(out)["summary"]["score"] == "r2"
     ev = ZooStore(tmp_path / "r", create=False).sql("SELECT loss, r2, accuracy IS NULL AS no_acc FROM evaluations")
     assert len(ev) == 3 and ev.no_acc.all() and (ev.loss > 0).all() and ev.r2.notna().all()
+
+
+def listing(path):
+    return sorted((p.relative_to(path).as_posix(), p.stat().st_size) for p in Path(path).rglob("*") if p.is_file())
+
+
+def test_eval_refuses_a_dataset_whose_classes_or_shape_differ(run_cli, store):
+    before = listing(store)
+    code, out, err = run_cli("eval", "--store", store, "--where", "epoch = 6", "--dataset", "digits-pair:3-8")
+    assert code == 2 and out == ""
+    assert "10 outputs" in err and "'digits-pair:3-8' has 2 classes" in err and "Fix:" in err
+    code, _, err = run_cli("eval", "--store", store, "--where", "epoch = 6", "--dataset", "sciml:sine")
+    assert code == 2 and "do not fit" in err and "64 input features" in err
+    assert listing(store) == before
+
+
+def _add_pair_models(path, n=3, dataset_id=None):
+    """n binary MLPs on digits-pair:3-8 (random init) with one checkpoint each, in zoo 'pairs'."""
+    import torch
+
+    from store import ZooStore
+    from wsl import ParamLayout
+    from zoo import load_dataset
+
+    ds = load_dataset("digits-pair:3-8")
+    arch = {"name": "mlp", "in_features": 64, "out_features": 2, "width": 8, "depth": 1}
+    layout = ParamLayout.from_config(arch)
+    torch.manual_seed(0)
+    w = layout.flatten([layout.build_module() for _ in range(n)])
+    zs = ZooStore(path, create=False)
+    zs.append("models", [dict(model_id=f"pair-{i}", zoo="pairs", architecture="mlp", arch_config=json.dumps(arch),
+                              layout_id=layout.layout_id, dataset=ds.name, dataset_id=dataset_id or ds.dataset_id,
+                              task="classification", width=8, depth=1, optimizer="sgd", lr=0.1, momentum=0.0,
+                              weight_decay=0.0, batch_size=64, epochs=1, schedule="constant", seed=i, status="done",
+                              hparams="{}")
+                         for i in range(n)])
+    zs.append_weights("checkpoints", w, [dict(checkpoint_id=f"pair-{i}-e0001", model_id=f"pair-{i}", epoch=1, step=1,
+                                              train_loss=0.0, train_acc=0.0, test_loss=0.0, test_acc=0.0)
+                                         for i in range(n)], layout)
+    return w, layout, ds
+
+
+def test_eval_own_scores_each_model_on_its_own_dataset(run_cli, store, tmp_path):
+    from wsl.evaluate import evaluate
+
+    w, layout, ds = _add_pair_models(store)
+    out_file = tmp_path / "scores.parquet"
+    code, out, err = run_cli("eval", "--store", store, "--where", "checkpoints.epoch = 6 OR zoo = 'pairs'",
+                             "--dataset", "own", "--format", "json")
+    assert code == 0, err
+    s = json.loads(out)["summary"]
+    assert s["selected"] == 51 and s["evaluated"] == 51 and s["written"] == 51
+    assert s["datasets"] == 2 and s["fused_groups"] == 2  # one fused group per (dataset, layout)
+    ev = evaluations(store).set_index("checkpoint_id")
+    pairs = ev.loc[[f"pair-{i}-e0001" for i in range(3)]]
+    assert set(pairs.dataset) == {"digits-pair:3-8"} and set(pairs.dataset_id) == {ds.dataset_id}
+    assert list(pairs.accuracy) == evaluate(w, layout, ds).accuracy.tolist()
+    from store import ZooStore
+
+    ck = ZooStore(store, create=False).sql("SELECT checkpoint_id, test_acc FROM checkpoints WHERE epoch = 6")
+    assert (abs(ev.loc[ck.checkpoint_id].accuracy.values - ck.test_acc.values) < 1e-12).all()
+    assert set(ev.loc[ck.checkpoint_id].dataset) == {"digits"}
+    # a second run finds everything scored on its own dataset; -o writes the rows it evaluated
+    code, out, err = run_cli("eval", "--store", store, "--where", "zoo = 'pairs'", "--dataset", "own", "--rescore",
+                             "-o", out_file)
+    assert code == 0, err
+    import pyarrow.parquet as pq
+
+    got = pq.read_table(out_file).to_pandas()
+    assert list(got.checkpoint_id) == [f"pair-{i}-e0001" for i in range(3)] and list(got.accuracy) == list(pairs.accuracy)
+    assert len(evaluations(store)) == 51  # rescored rows are reported, not written again
+
+
+def test_eval_own_refuses_data_that_is_not_the_models_own(run_cli, store):
+    _add_pair_models(store, dataset_id="0123456789abcdef")
+    before = listing(store)
+    code, _, err = run_cli("eval", "--store", store, "--where", "zoo = 'pairs'", "--dataset", "own")
+    assert code == 2 and "0123456789abcdef" in err and "--dataset-seed" in err
+    assert listing(store) == before
+
+
+@pytest.mark.parametrize("command", [["eval"], ["average"], ["prune"], ["predict-properties"]])
+def test_an_empty_selection_is_an_error_naming_the_filter(run_cli, store, command):
+    before = listing(store)
+    args = [*command, "--store", store, "--where", "width = 999 AND epoch = 6"]
+    if command[0] != "predict-properties":
+        args += ["--dataset", "digits"]
+    code, out, err = run_cli(*args)
+    assert code == 2 and out == ""
+    assert "--where 'width = 999 AND epoch = 6' selects no checkpoints" in err and "Fix:" in err
+    assert listing(store) == before
+
+
+def test_eval_output_file_clash_is_refused_before_any_work(run_cli, store, tmp_path):
+    before = listing(store)
+    code, _, err = run_cli("eval", "--store", store, "--where", "epoch = 6", "--dataset", "digits",
+                           "-o", tmp_path / "s.csv", "--format", "json")
+    assert code == 2 and "clashes" in err
+    code, _, err = run_cli("eval", "--store", store, "--where", "epoch = 6", "--dataset", "digits",
+                           "-o", tmp_path / "s.xlsx")
+    assert code == 2 and "names no format" in err
+    assert listing(store) == before and not list(tmp_path.glob("s.*"))

@@ -165,3 +165,15 @@ def test_planner_caps_cohort_weight_memory():
     big = ParamLayout.from_config({"name": "mlp", "in_features": 1024, "out_features": 10, "width": 1024, "depth": 2})
     cohort, _ = plan_tiles(big, 100_000, 100)
     assert cohort * 3 * 4 * big.num_params <= CPU_WEIGHT_BYTES and cohort >= 1
+
+
+def test_a_head_with_other_classes_than_the_dataset_is_refused():
+    from wsl.evaluate import check_fit
+
+    layout, flat = zoo(ARCHS["mlp"][0], n=2)
+    two = classification_data((1, 8, 8), classes=2)
+    for call in (lambda: check_fit(layout, two), lambda: evaluate(flat, layout, two)):
+        with pytest.raises(UserError, match="has 10 outputs .* dataset 'toy' has 2 classes"):
+            call()
+    with pytest.raises(UserError, match=r"inputs of shape \[40\] do not fit .* 64 input features"):
+        check_fit(layout, classification_data((40,)))

@@ -58,3 +58,17 @@ def test_empty_selection_is_an_error_naming_the_filter(store):
     with pytest.raises(UserError, match="width = 999"):
         select_checkpoints(store, "width = 999")
     assert select_models(store, "width = 999", allow_empty=True).empty
+
+
+def test_checkpoints_without_a_models_row_are_in_the_pool_for_checkpoint_commands(tmp_path):
+    import torch
+
+    from wsl import ParamLayout
+
+    zs = ZooStore(tmp_path / "o")
+    layout = ParamLayout([("w", (2,))], arch={"name": "toy"})
+    zs.append_weights("checkpoints", torch.zeros(2, 2), [dict(checkpoint_id=f"x{i}", model_id=f"x{i}", epoch=i, step=i,
+                                                              train_loss=0.0, train_acc=0.0, test_loss=0.0,
+                                                              test_acc=0.0) for i in range(2)], layout)
+    assert list(select_checkpoints(zs, "epoch = 1").model_id) == ["x1"]
+    assert select_models(zs, None, allow_empty=True).empty  # models are rows of `models`

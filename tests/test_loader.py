@@ -84,3 +84,18 @@ def test_cuda_double_buffered(store):
                                  "ORDER BY checkpoint_id", batch_size=4, device="cuda")
     got = torch.cat([w.cpu() for w, _ in loader])
     assert torch.equal(got, store.w)
+
+
+def test_from_where_composes_a_filter_with_bound_conditions(store):
+    loader = WeightLoader.from_where(store, "epoch = 1", "checkpoints.checkpoint_id LIKE $p", params={"p": "a-%"},
+                                     batch_size=4)
+    assert loader.layout == LAYOUT and loader.num_rows == len([i for i in range(23) if i % 3 == 1])
+    with pytest.raises(UserError, match="'epoch = 7' selects no checkpoints"):
+        WeightLoader.from_where(store, "epoch = 7")
+
+
+def test_id_lists_are_bound_not_quoted(store, tmp_path):
+    s = ZooStore(tmp_path / "q")
+    s.append_weights("checkpoints", torch.zeros(2, LAYOUT.num_params), rows("it's", 2), LAYOUT)
+    loader = WeightLoader(s, ["it's-001", "it's-000"])
+    assert loader.layout == LAYOUT and [m for _, m in loader][0].checkpoint_id.tolist() == ["it's-001", "it's-000"]

@@ -38,7 +38,7 @@ from store.layout import ParamLayout
 from wsl.data import Dataset
 from wsl.functional import check_input, full_config, population_forward, prepare_params
 
-__all__ = ["evaluate", "EvalResult", "plan_tiles", "CPU_TILE_BYTES", "activation_floats"]
+__all__ = ["evaluate", "check_fit", "EvalResult", "plan_tiles", "CPU_TILE_BYTES", "activation_floats"]
 
 # Largest activation of one (models x samples) tile on CPU. Measured on the 2-core reference VM
 # (2 MiB L2 per core), single-threaded CPU time, 256 MLPs / 64 CNNs on digits: 1 MiB tiles 1.9x
@@ -138,6 +138,18 @@ def plan_tiles(layout: ParamLayout, n_models: int, n_samples: int, device: str |
 
 
 # --------------------------------------------------------------------------- checks
+def check_fit(layout: ParamLayout, dataset: Dataset, split: str = "test") -> None:
+    """Raise a UserError unless the layout's models can be scored on the dataset.
+
+    The inputs must have the shape the layout takes, and a classification head must have
+    exactly as many outputs as the dataset has classes: a 10-class model scored on a 2-class
+    task would report argmax hits over 10 outputs against 2 labels, a number that means
+    nothing (more classes than outputs cannot be scored at all). A regression head must
+    have one output per target. Every evaluation path (wsl.evaluate, `wsl eval`) runs this.
+    """
+    _check_dataset(layout, dataset, split)
+
+
 def _check_dataset(layout: ParamLayout, dataset: Dataset, split: str) -> tuple[torch.Tensor, torch.Tensor]:
     if not isinstance(dataset, Dataset):
         raise UserError(f"dataset is a {type(dataset).__name__}", "pass a wsl.Dataset (zoo.load_dataset(name))")
@@ -147,11 +159,13 @@ def _check_dataset(layout: ParamLayout, dataset: Dataset, split: str) -> tuple[t
     check_input(layout, x[:1])
     cfg = full_config(layout)
     out = cfg.get("out_features")
-    if out is not None and dataset.task == "classification" and out < dataset.num_classes:
-        raise UserError(f"layout {layout.layout_id} has {out} outputs but dataset {dataset.name!r} has "
-                        f"{dataset.num_classes} classes", "evaluate on a dataset with as many classes as the head")
+    arch = cfg.get("name", "model")
+    if out is not None and dataset.task == "classification" and out != dataset.num_classes:
+        raise UserError(f"{arch} layout {layout.layout_id} has {out} outputs ({out} classes) but dataset "
+                        f"{dataset.name!r} has {dataset.num_classes} classes: the scores would mean nothing",
+                        f"evaluate on a dataset with {out} classes, e.g. the one the models were trained on")
     if out is not None and dataset.task == "regression" and out != dataset.output_dim:
-        raise UserError(f"layout {layout.layout_id} has {out} outputs but dataset {dataset.name!r} has "
+        raise UserError(f"{arch} layout {layout.layout_id} has {out} outputs but dataset {dataset.name!r} has "
                         f"{dataset.output_dim} regression targets", "evaluate on the dataset the models fit")
     return x, y
 

@@ -4,6 +4,7 @@
                           batch_size=1024, device="cuda")
     for weights, meta in loader:          # weights [b, P] on the device, meta a DataFrame
         ...
+    loader = WeightLoader.from_where(store, "width = 32 AND epoch = epochs")   # a --where, as the CLI takes it
 
 Reading a batch (DuckDB scan + Arrow -> torch) and moving it to the device
 overlap with the consumer's work on the previous batch:
@@ -174,6 +175,20 @@ class WeightLoader:
         self._query = query_or_ids.strip().rstrip(";") if isinstance(query_or_ids, str) else None
         self._layout: ParamLayout | None = None
 
+    @classmethod
+    def from_where(cls, store, where: str | None = None, *conditions: str, params: dict[str, Any] | None = None,
+                   **kwargs) -> "WeightLoader":
+        """A loader over the checkpoints a `--where` filter selects, composed with our own conditions
+        (`$name` placeholders, values in params) through store/filters.py: the one pool every command
+        filters. An empty selection is a UserError naming the filter.
+
+            WeightLoader.from_where(store, "width = 32", "checkpoints.epoch = $e", params={"e": 20})
+        """
+        from store.filters import select_checkpoints
+
+        sel = select_checkpoints(store, where, *conditions, params=params)
+        return cls(store, sel.checkpoint_id.tolist(), **kwargs)
+
     def __len__(self) -> int:
         """Number of batches."""
         return (len(self.ids) + self.batch_size - 1) // self.batch_size
@@ -191,24 +206,22 @@ class WeightLoader:
             key = self.store.spec(self.table).key[0]
             lids = self._layout_ids(key)
             if len(lids) != 1:
-                raise UserError(f"the selected {self.table} rows have {len(lids)} layouts ({', '.join(lids[:4])})",
+                shown = ", ".join(lids[:4]) + (f" and {len(lids) - 4} more" if len(lids) > 4 else "")
+                raise UserError(f"the selected {self.table} rows have {len(lids)} layouts ({shown})",
                                 "filter on one layout_id (or architecture/width), or make one loader per layout")
             self._layout = self.store.layout(lids[0])
         return self._layout
 
     def _layout_ids(self, key: str) -> list[str]:
+        from store.filters import in_list
+
         k = '"' + key.replace('"', '""') + '"'
-        if self._query is not None:
-            parts = [f"SELECT DISTINCT t.layout_id FROM {self.table} t WHERE t.{k} IN (SELECT {k} FROM ({self._query}))"]
-        else:  # literal id lists, in chunks so no statement grows huge
-            parts = []
-            for start in range(0, len(self.ids), 2000):
-                lits = ", ".join("'" + i.replace("'", "''") + "'" for i in self.ids[start:start + 2000])
-                parts.append(f"SELECT DISTINCT layout_id FROM {self.table} WHERE {k} IN ({lits})")
-        found: set[str] = set()
-        for q in parts:
-            found.update(str(v) for v in self.store.arrow(q).column(0).to_pylist())
-        return sorted(found)
+        params: dict[str, Any] = {}
+        if self._query is not None:  # the caller's own SELECT, as given
+            q = f"SELECT DISTINCT t.layout_id FROM {self.table} t WHERE t.{k} IN (SELECT {k} FROM ({self._query}))"
+        else:  # our id list travels as one bound parameter
+            q = f"SELECT DISTINCT layout_id FROM {self.table} WHERE {in_list(k, 'ids', self.ids, params)}"
+        return sorted(str(v) for v in self.store.arrow(q, params or None).column(0).to_pylist())
 
     def _batches(self):
         for start in range(0, len(self.ids), self.batch_size):
