@@ -165,7 +165,7 @@ class WeightGenerator:
     # ----- fitting ----------------------------------------------------------------
     @classmethod
     def fit(cls, store, where: str | None = None, *, metric: str | None = None, align_by: str | None = "seed",
-            progress=None, **config: Any) -> "WeightGenerator":
+            progress=None, skip_damaged: bool = False, **config: Any) -> "WeightGenerator":
         """A generator fit on the checkpoints a SQL filter selects from a store.
 
         `where` filters `checkpoints JOIN models` like `wsl eval --where` (every
@@ -174,10 +174,12 @@ class WeightGenerator:
         is its model's `dataset`; `metric` (e.g. "test_acc") adds a target-metric
         condition from that column. `align_by` (default: the models' `seed`, i.e.
         their shared initialisation) groups the models for hidden-unit alignment
-        (symmetry.align_groups); None turns it off.
+        (symmetry.align_groups); None turns it off. skip_damaged: checkpoints
+        whose stored weights fail their integrity check are left out (listed in
+        store.skipped_rows) instead of stopping the fit.
         """
         gen = cls(**config)
-        weights, layout, meta = select_training_set(store, where, metric)
+        weights, layout, meta = select_training_set(store, where, metric, skip_damaged=skip_damaged)
         conditions = [Condition(d, split_seed=s) for d, s in zip(meta["dataset"], meta["split_seed"])]
         metrics = {metric: torch.tensor(meta[metric].to_numpy(), dtype=torch.float32)} if metric else None
         if align_by is not None and align_by not in meta.columns:
@@ -445,10 +447,11 @@ def load_generator(directory: str | os.PathLike) -> WeightGenerator:
 
 
 # ----- selecting training data from a store ------------------------------------------------
-def select_training_set(store, where: str | None, metric: str | None = None):
+def select_training_set(store, where: str | None, metric: str | None = None, skip_damaged: bool = False):
     """(weights [N, P], layout, meta DataFrame) for the checkpoints `where` selects from the pool.
 
-    meta has checkpoint_id, model_id, dataset, split_seed and the metric column.
+    meta has checkpoint_id, model_id, dataset, split_seed and the metric column. skip_damaged:
+    damaged checkpoints are left out of both (ZooStore.weights).
     """
     where = clean_where(where) or DEFAULT_WHERE
     meta = store.sql(f"SELECT {POOL_COLUMNS} FROM {POOL_FROM} WHERE {where} ORDER BY checkpoint_id") \
@@ -468,7 +471,11 @@ def select_training_set(store, where: str | None, metric: str | None = None):
             raise UserError(f"metric {metric!r} is missing for {int(meta[metric].isna().sum())} selected checkpoints",
                             "filter those rows out or pick another metric")
     meta["split_seed"] = _split_seeds(store, meta)
-    weights, wmeta = store.weights(list(meta["checkpoint_id"]))
+    weights, wmeta = store.weights(list(meta["checkpoint_id"]), skip_damaged=skip_damaged)
+    if len(wmeta) < len(meta):
+        meta = meta[meta["checkpoint_id"].isin(set(wmeta["checkpoint_id"]))]
+        if len(meta) == 0:
+            raise UserError("every selected checkpoint is damaged", "run `wsl store check --quarantine`, then re-run the training")
     order = {k: i for i, k in enumerate(wmeta["checkpoint_id"])}
     weights = weights[[order[k] for k in meta["checkpoint_id"]]].to(torch.float32)
     return weights, store.layout(layouts[0]), meta.reset_index(drop=True)

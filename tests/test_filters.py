@@ -10,7 +10,7 @@ from _wsl_zoo import fill_store, mlp_zoo
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    zs = ZooStore(tmp_path_factory.mktemp("filters") / "s")
+    zs = ZooStore(tmp_path_factory.mktemp("filters") / "s", create=True)
     fill_store(zs, mlp_zoo(n=4, epochs=2), epochs=[0, 2])
     # a model with no checkpoint: selected by model-level filters only
     from store.schema import TABLES

@@ -25,7 +25,7 @@ def zoo_store(tmp_path_factory):
     import zoo
 
     path = tmp_path_factory.mktemp("gen") / "store"
-    zoo.train(TINY_ZOO, ZooStore(path))
+    zoo.train(TINY_ZOO, ZooStore(path, create=True))
     return path
 
 

@@ -19,7 +19,7 @@ def rows(prefix, n):
 
 @pytest.fixture
 def store(tmp_path):
-    s = ZooStore(tmp_path / "s")
+    s = ZooStore(tmp_path / "s", create=True)
     g = torch.Generator().manual_seed(0)
     w = torch.randn(23, LAYOUT.num_params, generator=g)
     s.append_weights("checkpoints", w, rows("a", 23), LAYOUT)
