@@ -295,10 +295,8 @@ def read_cells(path: str, index: CellIndex, rows: np.ndarray, out_rows: np.ndarr
                 if want is not None:
                     for k in range(i, j):
                         h = want[k]
-                        if h is not None:
-                            r = out_l[k] * row_bytes
-                            if codec.xxh3(out_flat[r:r + row_bytes]) != h:
-                                got[k] = False
+                        if h is not None and codec.xxh3(bufs[2 * (k - i) + 1]) != h:  # the cell just copied
+                            got[k] = False
             i = j
     finally:
         os.close(fd)

@@ -204,6 +204,19 @@ def test_eval_refuses_damaged_weights_and_writes_nothing(run_cli, damaged_zoo):
     scored = set(ZooStore(store).sql("SELECT checkpoint_id FROM evaluations").checkpoint_id)
     assert summary["skipped_damaged"] == 1 and summary["written"] == 3 == len(scored)
     assert "skipped 1 damaged" in err and str(part) in err
+    s = ZooStore(store)
+    with pytest.warns(UserWarning):
+        _, meta = s.weights("SELECT checkpoint_id FROM checkpoints WHERE epoch = 3", skip_damaged=True)
+    (bad,) = [d.key for d in s.skipped_rows]
+    code, _, err = run_cli("store", "export", bad, store.parent / "x.safetensors", "--store", store)
+    assert code == 2 and "checksum" in err and not (store.parent / "x.safetensors").exists()
+    from generators.base import select_training_set
+
+    with pytest.raises(UserError, match="checksum"):
+        select_training_set(ZooStore(store), "epoch = 3")
+    with pytest.warns(UserWarning):
+        w, _, rows = select_training_set(ZooStore(store), "epoch = 3", skip_damaged=True)
+    assert len(w) == len(rows) == 3 and bad not in set(rows.checkpoint_id)
     for cmd in (["average", "--mode", "last-k", "--k", "2"], ["prune", "--sparsity", "0.5"]):
         code, _, err = run_cli(*cmd, "--store", store, "--dataset", "digits")
         assert code == 2 and "--skip-damaged" in err, (cmd, err)

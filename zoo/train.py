@@ -236,12 +236,19 @@ def train(spec: ZooSpec | str | Path | Mapping[str, Any], store: Any, backend: s
                 ds_rows.append(load_dataset(r["dataset"], r["data_seed"]).descriptor())
         store.append("datasets", ds_rows)
         tracker.start(first)
-        results, ran, waited = [], [], 0
+        results, ran, waited, last = [], [], 0, first
         attempted: set[tuple] = set()
         with Claims(store.path) as claims:
             todo = first.jobs
             while todo:
-                if not any(claims.try_claim(j.model_ids) for j in list(todo)):
+                # local: one cohort at a time, so its models are let go as soon as it is done; ray: all at once
+                claimed = []
+                for j in todo:
+                    if claims.try_claim(j.model_ids):
+                        claimed.append(j)
+                        if backend == "local":
+                            break
+                if not claimed:
                     waited += 1  # another trainer holds every cohort left: wait for the first
                     claims.claim(todo[0].model_ids)
                 # plan again under the claims: another trainer may have finished some of these models meanwhile
@@ -252,8 +259,14 @@ def train(spec: ZooSpec | str | Path | Mapping[str, Any], store: Any, backend: s
                     results += run_backend(store, [j.as_dict() for j in mine], device, tracker.round(mine))
                     ran += mine
                 claims.release()
-                todo = [j for j in plan(store, rows, size).jobs if _job_key(j) not in attempted]
+                last = plan(store, rows, size)
+                todo = [j for j in last.jobs if _job_key(j) not in attempted]
         compact_written(store)
+        if last.partial or last.new:  # a cohort ran and its models are still not complete: never silent
+            left = last.partial + last.new
+            raise UserError(f"{len(left)} models of {spec.name!r} are still incomplete after training: {left[:5]}",
+                            "run `wsl store check`; if the store mixes runs of different specs under this zoo name, "
+                            "train the spec under a new name")
     except KeyboardInterrupt:
         raise TrainingInterrupted(tracker.interrupted_message()) from None
     complete = set(first.complete)

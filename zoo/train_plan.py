@@ -153,16 +153,16 @@ def _resume_job(m: str, gap: int | None, by_id, states, order, trained, cohort_s
     st = states[m]
     row = by_id[m]
     present = [e for e in checkpoint_epochs(row) if _has(st, e) and (gap is None or e < gap)]
+    group = next(c for c in group_cohorts(trained, None, cohort_size) if any(r["model_id"] == m for r in c))
+    group_ids = [r["model_id"] for r in group]
     for e in reversed(present):  # the latest epoch whose recorded cohort can be rebuilt
         h = st.optimizer.get(e)
-        if h is None:
-            break  # written before cohorts were recorded
+        if h is None:  # written before cohorts were recorded: continue with the fresh-run group's models there
+            return Job([by_id[x] for x in group_ids if _has(states[x], e)], e, exact=False)
         members = sorted((x for x, s in states.items() if s.optimizer.get(e) == h and _has(s, e)), key=order.get)
         if cohort_hash(members) == h:
             return Job([by_id[x] for x in members], e)
     # from scratch: the cohort recorded at epoch 0 by a model of this model's fresh-run group
-    group = next(c for c in group_cohorts(trained, None, cohort_size) if any(r["model_id"] == m for r in c))
-    group_ids = [r["model_id"] for r in group]
     lost = [x for x in group_ids if 0 not in states[x].optimizer]  # their epoch-0 record was set aside
     for h in dict.fromkeys(states[x].optimizer.get(0) for x in group_ids):
         if h is None:
