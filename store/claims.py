@@ -32,9 +32,27 @@ from typing import Iterable
 CLAIMS_FILE = ".claims"
 
 _COND = threading.Condition()
-_FDS: dict[str, int] = {}  # lock file -> descriptor, open for the life of the process
-_HELD: dict[str, set[int]] = {}  # lock file -> offsets held by some thread of this process
+_FDS: dict[tuple[str, int], int] = {}  # (lock file, inode) -> descriptor, open for the life of the process
+_HELD: dict[tuple[str, int], set[int]] = {}  # (lock file, inode) -> offsets held by some thread of this process
 _UNSUPPORTED = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS)
+
+
+def _open(path: str) -> tuple[int, tuple[str, int]]:
+    """The process's descriptor of the lock file now at `path` (a store removed and made again gets a new one)."""
+    with _COND:
+        try:
+            ino = os.stat(path).st_ino
+        except FileNotFoundError:
+            ino = None
+        if ino is not None and (path, ino) in _FDS:
+            return _FDS[(path, ino)], (path, ino)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        key = (path, os.fstat(fd).st_ino)
+        if key in _FDS:  # raced with another thread: keep the first descriptor (closing one drops locks)
+            return _FDS[key], key
+        _FDS[key] = fd
+        _HELD[key] = set()
+        return fd, key
 
 
 def _offset(model_id: str) -> int:
@@ -47,20 +65,19 @@ class Claims:
     def __init__(self, store_path: str | os.PathLike):
         self.path = str(Path(store_path) / CLAIMS_FILE)
         self.mine: set[int] = set()
+        self._file: tuple[int, tuple[str, int]] | None = None  # the lock file this object's claims are on
 
-    def _fd(self) -> int:
-        with _COND:
-            if self.path not in _FDS:
-                _FDS[self.path] = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-                _HELD[self.path] = set()
-            return _FDS[self.path]
+    def _fd(self) -> tuple[int, set[int]]:
+        if self._file is None or not self.mine:
+            self._file = _open(self.path)
+        fd, key = self._file
+        return fd, _HELD[key]
 
     def try_claim(self, model_ids: Iterable[str]) -> bool:
         """Claim every one of the models now, or none of them (False: another trainer holds one)."""
-        fd = self._fd()
+        fd, held = self._fd()
         offsets = sorted({_offset(m) for m in model_ids} - self.mine)
         with _COND:
-            held = _HELD[self.path]
             if any(o in held for o in offsets):
                 return False
             got = []
@@ -82,10 +99,9 @@ class Claims:
 
     def claim(self, model_ids: Iterable[str]) -> None:
         """Claim the models, waiting for other trainers (in offset order, so two waiters cannot deadlock)."""
-        fd = self._fd()
+        fd, held = self._fd()
         for o in sorted({_offset(m) for m in model_ids} - self.mine):
             with _COND:
-                held = _HELD[self.path]
                 while o in held:
                     _COND.wait()
                 held.add(o)  # reserved against the other threads of this process
@@ -93,10 +109,10 @@ class Claims:
                 fcntl.lockf(fd, fcntl.LOCK_EX, 1, o)  # waits for other processes
             except OSError as e:
                 if e.errno not in _UNSUPPORTED:  # pragma: no cover
-                    self._drop([o])
+                    self._drop(held, [o])
                     raise
             except BaseException:
-                self._drop([o])
+                self._drop(held, [o])
                 raise
             self.mine.add(o)
 
@@ -107,18 +123,19 @@ class Claims:
     def release(self, model_ids: Iterable[str] | None = None) -> None:
         offsets = set(self.mine) if model_ids is None else {_offset(m) for m in model_ids} & self.mine
         if offsets:
-            fd = self._fd()
+            fd, held = self._fd()
             for o in offsets:
                 try:
                     fcntl.lockf(fd, fcntl.LOCK_UN, 1, o)
                 except OSError:  # pragma: no cover
                     pass
             self.mine -= offsets
-            self._drop(offsets)
+            self._drop(held, offsets)
 
-    def _drop(self, offsets) -> None:
+    @staticmethod
+    def _drop(held: set[int], offsets) -> None:
         with _COND:
-            _HELD[self.path].difference_update(offsets)
+            held.difference_update(offsets)
             _COND.notify_all()
 
     def __enter__(self) -> "Claims":

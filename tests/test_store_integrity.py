@@ -328,3 +328,20 @@ def test_two_trainers_on_overlapping_specs_write_every_checkpoint_once(tmp_path)
     assert len(models) == 6 and set(models.status) == {"done"}
     assert sum(x["trained"] for x in summaries) == 6  # each model trained by one of them
     assert s.check().ok
+
+
+def test_claims_are_all_or_nothing_and_wait_for_each_other(tmp_path):
+    import threading
+
+    from store.claims import Claims
+
+    a, b = Claims(tmp_path), Claims(tmp_path)
+    assert a.try_claim(["m1", "m2"]) and a.holds(["m1"])
+    assert not b.try_claim(["m3", "m2"]) and not b.holds(["m3"])  # all or none
+    assert b.try_claim(["m3"])
+    threading.Timer(0.2, a.release).start()
+    b.claim(["m1", "m2"])  # waits for `a` to let go
+    assert b.holds(["m1", "m2", "m3"]) and not a.mine
+    b.release()
+    assert a.try_claim(["m1", "m2", "m3"])
+    a.release()
