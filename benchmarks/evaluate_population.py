@@ -121,7 +121,7 @@ def compare(name: str, layout, w, ds, repeats: int, device: str = "cpu") -> dict
 def end_to_end(layout, w, ds, repeats: int, workdir: Path) -> dict:
     """SQL-selected checkpoints -> scores, from a store vs from one torch.save file per checkpoint."""
     n = len(w)
-    zs = ZooStore(workdir / "store")
+    zs = ZooStore(workdir / "store", create=True)
     models = [dict(model_id=f"m{i:04d}", zoo="bench", architecture="mlp", arch_config=json.dumps(layout.arch),
                    layout_id=layout.layout_id, dataset="digits", dataset_id=ds.dataset_id, task="classification",
                    width=32, depth=2, optimizer="sgd", lr=[0.01, 0.1][i % 2], momentum=0.9, weight_decay=0.0,

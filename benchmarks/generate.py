@@ -118,7 +118,7 @@ def fresh_reference(store_dir: Path, gen, zoo_store, tasks, train_w, seeds=(5, 6
 
     A generator that produced genuinely new models could at best look like these.
     """
-    fresh = ZooStore(store_dir)
+    fresh = ZooStore(store_dir, create=True)
     train(zoo_spec(name="digits-pairs-fresh-seeds", seed_list=seeds), fresh)
     acc, l2, iou = [], [], []
     for t in tasks:
@@ -186,7 +186,7 @@ def main() -> None:
     t_start = time.perf_counter()
     print(f"threads {torch.get_num_threads()}, 1-min load {load_start}", flush=True)
 
-    store = ZooStore(args.store)
+    store = ZooStore(args.store, create=True)
     t0 = time.perf_counter()
     summary = train(zoo_spec(args.seeds), store)
     t_zoo = time.perf_counter() - t0

@@ -32,12 +32,26 @@ SplitOption = typer.Option("test", "--split", help="test or train.")
 SeedOption = typer.Option(0, "--dataset-seed", help="Split seed of the dataset (the zoo's models say which they used).")
 DeviceOption = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N.")
 OWN = "own"
+SkipDamagedOption = typer.Option(False, "--skip-damaged", help="Leave out checkpoints whose stored weights fail their integrity check (reported on stderr) instead of stopping.")
 
 
 def _open(store: Optional[Path]):
-    from store.store import ZooStore
+    import warnings
 
+    from store.store import ZooStore
+    from store.verified_read import DamagedRowsSkipped
+
+    warnings.simplefilter("ignore", DamagedRowsSkipped)  # _skipped() reports them, once, in words
     return ZooStore(common.store_path(store), create=False)
+
+
+def _skipped(zs, summary: dict) -> None:
+    """With --skip-damaged: count the damaged checkpoints left out, and say so on stderr."""
+    from store.verified_read import skipped_message
+
+    summary["skipped_damaged"] = len(zs.skipped_rows)
+    if zs.skipped_rows:
+        typer.echo(f"warning: {skipped_message(zs.skipped_rows)}", err=True)
 
 
 def _select(zs, where: Optional[str], extra: str = ""):
@@ -56,12 +70,20 @@ def _dataset(name: str, seed: int):
     return load_dataset(name, seed=seed)
 
 
-def _weights_by_layout(zs, df):
-    """{layout_id: (weights [n, P], rows of df in the same order)} (one read per layout)."""
+def _weights_by_layout(zs, df, skip_damaged: bool = False):
+    """{layout_id: (weights [n, P], rows of df in the same order)} (one read per layout).
+
+    skip_damaged: damaged checkpoints are left out of both (a layout with none left is dropped).
+    """
     out = {}
     for lid, part in df.groupby("layout_id", sort=True):
-        w, _ = zs.weights(part.checkpoint_id.tolist())
-        out[lid] = (w, part.reset_index(drop=True))
+        w, meta = zs.weights(part.checkpoint_id.tolist(), skip_damaged=skip_damaged)
+        if len(meta) < len(part):
+            part = part[part.checkpoint_id.isin(set(meta.checkpoint_id))]
+        if len(part):
+            out[lid] = (w, part.reset_index(drop=True))
+    if not out:
+        raise UserError("every selected checkpoint is damaged", "run `wsl store check --quarantine`, then re-run the training")
     return out
 
 
@@ -143,6 +165,7 @@ def eval_cmd(
                                       "disagrees is an error."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Also write every evaluated checkpoint's scores to "
                                        "FILE, in the format its extension names (.parquet, .csv, .json, .jsonl, .txt)."),
+    skip_damaged: bool = SkipDamagedOption,
 ) -> None:
     """Score the selected checkpoints on a dataset with the fused evaluator; append to the `evaluations` table."""
     import time
@@ -193,7 +216,7 @@ def eval_cmd(
     with common.progress_bar(f"eval on {dataset}/{split}", total=len(todo), unit="checkpoints") as update:
         for (key, lid), part in todo.groupby(["ds_key", "layout_id"], sort=True):
             layout, ds = layouts[lid], datasets[key]
-            loader = WeightLoader(zs, part.checkpoint_id.tolist(), batch_size=batch_size)
+            loader = WeightLoader(zs, part.checkpoint_id.tolist(), batch_size=batch_size, skip_damaged=skip_damaged)
             t0 = time.perf_counter()
             accs, n = [], 0
             for w, meta in loader:
@@ -208,6 +231,8 @@ def eval_cmd(
                 accs.append(res.accuracy if res.task == "classification" else res.r2)
                 n += len(w)
                 update(len(w))
+            if not accs:  # every checkpoint of this group skipped as damaged
+                continue
             a = torch.cat(accs)
             secs = time.perf_counter() - t0
             per_group.append({"dataset": ds.name, "layout_id": lid, "architecture": (layout.arch or {}).get("name"),
@@ -226,6 +251,7 @@ def eval_cmd(
             (["r2"] if any("r2" in r for r in rows) else [])
         n = output.write(pd.DataFrame(rows, columns=columns), out, file_fmt)
         summary["out"] = f"{out} ({n} rows, {file_fmt})"
+    _skipped(zs, summary)
     _emit(summary, pd.DataFrame(per_group) if per_group else None, fmt, "wsl eval")
 
 
@@ -240,6 +266,7 @@ def average_cmd(
     split: str = SplitOption,
     dataset_seed: int = SeedOption,
     device: str = DeviceOption,
+    skip_damaged: bool = SkipDamagedOption,
     fmt: str = common.FormatOption,
 ) -> None:
     """Average checkpoints (over a model's last k epochs, or over seeds) and report the accuracy change."""
@@ -259,13 +286,14 @@ def average_cmd(
         if latest.layout_id.nunique() != 1:
             raise UserError(f"the selected models have {latest.layout_id.nunique()} layouts",
                             "average seeds of one architecture and width (filter on width / layout_id)")
-        (w, part), = _weights_by_layout(zs, latest).values()
+        (w, part), = _weights_by_layout(zs, latest, skip_damaged).values()
         rep = average_seeds(w, zs.layout(part.layout_id[0]), ds, split=split, device=device,
                             align_units=not no_align, model_ids=part.checkpoint_id.tolist())
+        _skipped(zs, rep.summary)
         _emit(rep.summary, rep.table, fmt, "wsl average (seeds)")
         return
     tables, summaries, skipped = [], [], []
-    for lid, (w, part) in _weights_by_layout(zs, sel).items():
+    for lid, (w, part) in _weights_by_layout(zs, sel, skip_damaged).items():
         counts = part.groupby("model_id").size()
         keep = counts[counts >= k].index
         skipped += counts[counts < k].index.tolist()
@@ -287,6 +315,7 @@ def average_cmd(
                f"mean_{metric}_avg": float(table[f"{metric}_avg"].mean()),
                f"mean_delta_{metric}": float(table[f"delta_{metric}"].mean()),
                "improved": int((table[f"delta_{metric}"] > 0).sum())}
+    _skipped(zs, summary)
     _emit(summary, table, fmt, "wsl average (last-k)")
 
 
@@ -300,6 +329,7 @@ def prune_cmd(
     split: str = SplitOption,
     dataset_seed: int = SeedOption,
     device: str = DeviceOption,
+    skip_damaged: bool = SkipDamagedOption,
     fmt: str = common.FormatOption,
 ) -> None:
     """Global magnitude pruning of the selected checkpoints at each sparsity, evaluated in fused calls."""
@@ -316,15 +346,16 @@ def prune_cmd(
     ds = _dataset(dataset, dataset_seed)
     sel = _select(zs, where)
     tables = []
-    for lid, (w, part) in _weights_by_layout(zs, sel).items():
+    for lid, (w, part) in _weights_by_layout(zs, sel, skip_damaged).items():
         tables.append(prune_sweep(w, zs.layout(lid), ds, levels, split=split, device=device,
                                   include_bias=include_bias, model_ids=part.checkpoint_id.tolist()))
     table = pd.concat(tables, ignore_index=True)
     metric = "accuracy" if "accuracy" in table else "r2"
     per = table.groupby("sparsity").agg(achieved=("achieved", "mean"), **{f"mean_{metric}": (metric, "mean")},
                                         mean_delta=("delta", "mean")).reset_index()
-    summary = {"dataset": dataset, "split": split, "checkpoints": len(sel), "score": metric,
+    summary = {"dataset": dataset, "split": split, "checkpoints": len(sel) - len(zs.skipped_rows), "score": metric,
                "levels": per.to_dict(orient="records")}
+    _skipped(zs, summary)
     if fmt == "table":
         common.print_table(per, f"wsl prune: {len(sel)} checkpoints on {dataset}/{split}")
         return
@@ -338,6 +369,7 @@ def predict_properties_cmd(
     test_fraction: float = typer.Option(0.3, "--test-fraction", help="Fraction of models held out (all checkpoints of a model on one side)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the train/held-out split."),
     store: Optional[Path] = common.StoreOption,
+    skip_damaged: bool = SkipDamagedOption,
     fmt: str = common.FormatOption,
 ) -> None:
     """Model Zoos baseline: per-tensor weight statistics -> ridge regression; R² on held-out models."""
@@ -354,7 +386,7 @@ def predict_properties_cmd(
     if len(counts) > 1:
         raise UserError(f"the selection has {len(counts)} layouts ({common.name_list(counts.index)})",
                         "predict properties within one architecture and width: add e.g. AND width = 32 to --where")
-    w, part = _weights_by_layout(zs, sel)[lid]
+    w, part = _weights_by_layout(zs, sel, skip_damaged)[lid]
     X, _ = layer_statistics(w, zs.layout(lid))
     targets = {t: part[f"__t{i}"].to_numpy(dtype=float) for i, t in enumerate(target)}
     rep = predict_properties(X, targets, test_fraction=test_fraction, seed=seed, groups=part.model_id.tolist())
@@ -363,6 +395,7 @@ def predict_properties_cmd(
     summary = {"checkpoints": len(part), "models": int(part.model_id.nunique()), "layout_id": lid,
                "features": int(X.shape[1]), "test_fraction": test_fraction, "seed": seed,
                "r2": {t: r["r2"] for t, r in rep.items()}}
+    _skipped(zs, summary)
     _emit(summary, rows, fmt, "wsl predict-properties")
 
 

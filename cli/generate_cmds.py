@@ -76,6 +76,7 @@ def fit_cmd(
     ae_steps: Optional[int] = typer.Option(None, "--ae-steps", help="Autoencoder training steps (default 1500)."),
     seed: int = typer.Option(0, "--seed", help="Training seed."),
     options: List[str] = typer.Option([], "--set", help="Any other generator option as KEY=VALUE (see docs/generators.md); repeatable."),
+    skip_damaged: bool = typer.Option(False, "--skip-damaged", help="Leave out checkpoints whose stored weights fail their integrity check (reported on stderr) instead of stopping."),
     fmt: str = common.FormatOption,
 ) -> None:
     """Fit a weight generator on the checkpoints a SQL filter selects; save it to --out."""
@@ -98,6 +99,12 @@ def fit_cmd(
         raise UserError(f"--out {out} exists and is not a directory", "give a new or existing directory")
     previous = read_config(out) if out.is_dir() and (out / "config.json").exists() else None
     zs = _open_store(store, create=False)
+    if skip_damaged:
+        import warnings
+
+        from store.verified_read import DamagedRowsSkipped
+
+        warnings.simplefilter("ignore", DamagedRowsSkipped)  # reported below, in words
     params, resolution, last = None, None, None
     if protocol is not None:
         from generators.protocols import resolve
@@ -108,7 +115,8 @@ def fit_cmd(
     t0 = time.perf_counter()
     with common.progress_bar(f"fit {method}", total=None, unit="steps") as update:
         gen = klass.fit(zs, where, metric=None if metric == "none" else metric,
-                        align_by=None if align_by == "none" else align_by, progress=update, params=params, last=last, **config)
+                        align_by=None if align_by == "none" else align_by, progress=update, params=params, last=last,
+                        skip_damaged=skip_damaged, **config)
     if resolution is not None:  # the record `check_held_out_unseen` reads: which tasks it saw, which it held out
         gen.fit_info["protocol"] = resolution.to_dict()
         gen.generator_id = gen._compute_id()
@@ -122,7 +130,12 @@ def fit_cmd(
                "conditions": len(info.get("conditions", {})), "metrics": info.get("metrics"),
                "aligned_groups": info.get("aligned_groups"), "ridge_loo_explained": info.get("ridge_loo_explained"),
                "ae_relative_recon_error": info.get("ae_relative_recon_error"),
-               "seconds": round(time.perf_counter() - t0, 2), "path": str(out)}
+               "seconds": round(time.perf_counter() - t0, 2), "path": str(out),
+               "skipped_damaged": len(zs.skipped_rows)}
+    if zs.skipped_rows:
+        from store.verified_read import skipped_message
+
+        typer.echo(f"warning: {skipped_message(zs.skipped_rows)}", err=True)
     if fmt == "json":
         sys.stdout.write(json.dumps(common.json_safe(summary)) + "\n")
     else:

@@ -59,9 +59,13 @@ def check(
     store: Optional[Path] = common.StoreOption,
     fmt: str = common.FormatOption,
     quarantine: bool = typer.Option(False, "--quarantine", help="Move damaged parts to STORE/_quarantine/ so the rest stays queryable."),
-    no_weights: bool = typer.Option(False, "--no-weights", help="Skip recomputing every weights sha256 (faster)."),
+    no_weights: bool = typer.Option(False, "--no-weights", help="Skip recomputing every weights sha256 and xxh3 (faster; page checksums are still read)."),
 ) -> None:
-    """Read every part: footers, page checksums, schema, weights sha256. Exit 1 when something is damaged."""
+    """Read every part: footers, page checksums, schema, weights sha256 and xxh3. Exit 1 when something is damaged.
+
+    --quarantine moves damaged parts to STORE/_quarantine/ and says what re-creates their rows (for
+    checkpoints: re-running the same `wsl zoo train SPEC`, which rewrites exactly the missing ones).
+    """
     zs = _open(store)
     report = zs.check(verify_weights=not no_weights, quarantine=quarantine)
     if fmt == "json":
@@ -76,10 +80,15 @@ def check(
             typer.echo(f"warning {p.path}: {p.problem}", err=True)
         for q in report.quarantined:
             typer.echo(f"moved to {q}", err=True)
+        for line in report.repair:
+            typer.echo(f"repair: {line}", err=True)
         if report.ok:
-            typer.echo("ok: every part readable, schema right, weights match their sha256")
+            typer.echo("ok: every part readable, schema right, weights match their sha256 and xxh3")
         elif not quarantine:
-            typer.echo("damaged parts found: restore them, or run `wsl store check --quarantine` to set them aside", err=True)
+            typer.echo("damaged parts found: restore them from a copy, or run `wsl store check --quarantine` to set "
+                       "them aside and then re-run the command that wrote them (for checkpoints: the same "
+                       "`wsl zoo train SPEC`, which rewrites exactly the missing ones); until then reads of the "
+                       "damaged rows fail (--skip-damaged reads the rest)", err=True)
     if not report.ok:
         raise typer.Exit(1)
 

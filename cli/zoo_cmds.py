@@ -36,20 +36,24 @@ def train(
     fmt: str = common.FormatOption,
 ) -> None:
     """Train every model of SPEC not yet finished in the store; a rerun resumes where the last one stopped."""
-    from zoo.train import train as train_zoo
+    from zoo.train import TrainingInterrupted, train as train_zoo
 
     common.check_format(fmt, ("table", "json"))
     path = common.store_path(store)
-    with common.progress_bar("training", total=None, unit="model-epochs") as update:
-        last = {"work": 0}
+    try:
+        with common.progress_bar("training", total=None, unit="model-epochs") as update:
+            last = {"work": 0}
 
-        def progress(p) -> None:
-            info = (f"epoch {p.epoch}/{p.epochs} of cohort {p.cohort}/{p.cohorts}, "
-                    f"{p.models_done}/{p.models_total} models done, {p.samples_per_s:,.0f} samples/s")
-            update(advance=p.work_done - last["work"], total=max(p.work_total, 1), info=info)
-            last["work"] = p.work_done
+            def progress(p) -> None:
+                info = (f"epoch {p.epoch}/{p.epochs} of cohort {p.cohort}/{p.cohorts}, "
+                        f"{p.models_done}/{p.models_total} models done, {p.samples_per_s:,.0f} samples/s")
+                update(advance=p.work_done - last["work"], total=max(p.work_total, 1), info=info)
+                last["work"] = p.work_done
 
-        summary = train_zoo(spec, path, backend=backend, device=device, progress=progress, cohort_size=cohort_size)
+            summary = train_zoo(spec, path, backend=backend, device=device, progress=progress, cohort_size=cohort_size)
+    except TrainingInterrupted as e:  # Ctrl-C: say where it stopped (the bar is closed by now), exit 128 + SIGINT
+        typer.echo(str(e), err=True)
+        raise typer.Exit(130) from None
     common.emit(summary.as_dict(), fmt, title=f"zoo {summary.zoo}")
 
 

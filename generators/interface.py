@@ -94,7 +94,7 @@ class WeightGenerator:
     @classmethod
     def fit(cls, store, where: str | None = None, *, params: Mapping[str, Any] | None = None, last: bool | None = None,
             protocol: Split | None = None, metric: str | None = None, align_by: str | None = "seed",
-            progress=None, **config: Any) -> "WeightGenerator":
+            progress=None, skip_damaged: bool = False, **config: Any) -> "WeightGenerator":
         """A generator fit on the checkpoints a SQL filter selects from a store.
 
         `where` filters the pool of store/filters.py (every column of models and
@@ -105,10 +105,11 @@ class WeightGenerator:
         condition is its model's `dataset`; `metric` (e.g. "test_acc") adds a
         target-metric condition from that column. `align_by` (default: the models'
         `seed`, i.e. their shared initialisation) groups the models for hidden-unit
-        alignment (components/symmetry.py); None turns it off.
+        alignment (components/symmetry.py); None turns it off. skip_damaged: checkpoints
+        whose stored weights fail their integrity check are left out (store.skipped_rows).
         """
         gen = cls(**config)
-        ts = select(store, where, params=params, last=last, protocol=protocol, metric=metric)
+        ts = select(store, where, params=params, last=last, protocol=protocol, metric=metric, skip_damaged=skip_damaged)
         if align_by is not None and align_by not in ts.meta.columns:
             raise UserError(f"align_by column {align_by!r} is not a column of checkpoints/models",
                             "use e.g. 'seed', or None to skip alignment")

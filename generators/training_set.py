@@ -127,11 +127,13 @@ def _has_checkpoints(store) -> bool:
 
 
 def select(store, where: str | None = None, *, params: Mapping[str, Any] | None = None, last: bool | None = None,
-           protocol: Split | None = None, metric: str | None = None) -> TrainingSet:
+           protocol: Split | None = None, metric: str | None = None, skip_damaged: bool = False) -> TrainingSet:
     """The checkpoints `where` (and our conditions) select, with their weights.
 
     last: only the last checkpoint of every finished model (default: True without
     `where`, False with one). params: values for `$name` placeholders in `where`.
+    skip_damaged: checkpoints whose stored weights fail their integrity check are left
+    out (listed in store.skipped_rows) instead of stopping.
     """
     where = filters.clean(where)
     last = where is None if last is None else bool(last)
@@ -158,7 +160,7 @@ def select(store, where: str | None = None, *, params: Mapping[str, Any] | None 
     meta = meta.reset_index(drop=True)
     meta["split_seed"] = _split_seeds(store, meta)
     ts.meta = meta
-    _read_weights(store, ts)
+    _read_weights(store, ts, skip_damaged)
     return ts
 
 
@@ -197,13 +199,20 @@ def from_ids(store, ids: Sequence[str], expected_digest: str | None = None, what
     return ts
 
 
-def _read_weights(store, ts: TrainingSet) -> None:
+def _read_weights(store, ts: TrainingSet, skip_damaged: bool = False) -> None:
     ids = ts.checkpoint_ids
-    grouped = store.weights(ids, grouped=True)
+    grouped = store.weights(ids, grouped=True, skip_damaged=skip_damaged)
+    kept: set[str] = set()
     for lid in sorted(grouped):
-        w, _ = grouped[lid]
+        w, m = grouped[lid]
         ts.weights[lid] = w.to(torch.float32)
         ts.layouts[lid] = store.layout(lid)
+        kept |= set(m["checkpoint_id"])
+    if len(kept) < len(ts.meta):  # damaged rows left out (skip_damaged): the metadata follows the weights
+        ts.meta = ts.meta[ts.meta["checkpoint_id"].isin(kept)].reset_index(drop=True)
+        if ts.meta.empty:
+            raise UserError("every selected checkpoint is damaged",
+                            "run `wsl store check --quarantine`, then re-run the training that wrote them")
 
 
 def _split_seeds(store, meta: pd.DataFrame) -> list[int]:

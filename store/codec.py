@@ -1,7 +1,11 @@
 """Weights <-> bytes: the one place that knows how a [N, P] tensor becomes BLOB cells.
 
 A stored weight vector is its raw little-endian bytes (float32, float16 or
-bfloat16), plus `sha256` (hex of exactly those bytes). Encoding builds the
+bfloat16), plus two digests of exactly those bytes: `sha256` (hex; the
+content's identity, what a published zoo is checked against) and `xxh3`
+(hex XXH3-64; the fast checksum every read verifies, see store/verified_read.py:
+XXH3 runs at memory speed, sha256 is an order of magnitude slower and would
+cost most of the read throughput; BENCHMARKS.md, store_read). Encoding builds the
 Arrow `large_binary` column straight from one contiguous buffer (no per-row
 Python bytes); decoding reads the Arrow data buffer with `numpy.frombuffer`,
 so a column whose rows all have the same size becomes an [N, P] view without
@@ -16,6 +20,7 @@ from typing import Sequence
 import numpy as np
 import pyarrow as pa
 import torch
+import xxhash
 
 from store.errors import UserError
 
@@ -38,8 +43,8 @@ def check_dtype(dtype: str) -> str:
     return dtype
 
 
-def encode(weights: torch.Tensor, dtype: str, what: str = "weights") -> tuple[pa.LargeBinaryArray, list[str]]:
-    """[N, P] floating tensor -> (large_binary Arrow array of N cells, N hex sha256).
+def encode(weights: torch.Tensor, dtype: str, what: str = "weights") -> tuple[pa.LargeBinaryArray, list[str], list[str]]:
+    """[N, P] floating tensor -> (large_binary Arrow array of N cells, N hex sha256, N hex xxh3).
 
     Refuses NaN/inf both before and after the cast (float16 overflows to inf).
     """
@@ -62,7 +67,12 @@ def encode(weights: torch.Tensor, dtype: str, what: str = "weights") -> tuple[pa
     data = pa.py_buffer(np.ascontiguousarray(raw).reshape(-1))
     arr = pa.LargeBinaryArray.from_buffers(pa.large_binary(), n, [None, pa.py_buffer(offsets), data])
     hashes = [hashlib.sha256(raw[i]).hexdigest() for i in range(n)]
-    return arr, hashes
+    return arr, hashes, [xxh3(raw[i]) for i in range(n)]
+
+
+def xxh3(cell) -> str:
+    """Hex XXH3-64 of one cell's bytes (any buffer)."""
+    return xxhash.xxh3_64_hexdigest(cell)
 
 
 def _check_finite(w: torch.Tensor, what: str, suffix: str) -> None:
@@ -77,6 +87,15 @@ def _check_finite(w: torch.Tensor, what: str, suffix: str) -> None:
 
 def sha256_cells(col: pa.Array | pa.ChunkedArray) -> list[str | None]:
     """Hex sha256 of every cell of a binary column (None for null cells)."""
+    return _digest_cells(col, lambda b: hashlib.sha256(b).hexdigest())
+
+
+def xxh3_cells(col: pa.Array | pa.ChunkedArray) -> list[str | None]:
+    """Hex XXH3-64 of every cell of a binary column (None for null cells)."""
+    return _digest_cells(col, xxh3)
+
+
+def _digest_cells(col: pa.Array | pa.ChunkedArray, digest) -> list[str | None]:
     chunks = col.chunks if isinstance(col, pa.ChunkedArray) else [col]
     out: list[str | None] = []
     for ch in chunks:
@@ -86,7 +105,7 @@ def sha256_cells(col: pa.Array | pa.ChunkedArray) -> list[str | None]:
             if valid is not None and not valid[i]:
                 out.append(None)
             else:
-                out.append(hashlib.sha256(data[offsets[i]:offsets[i + 1]]).hexdigest())
+                out.append(digest(data[offsets[i]:offsets[i + 1]]))
     return out
 
 

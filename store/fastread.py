@@ -10,7 +10,8 @@ little-endian length then the bytes), no dictionary, no compression. Then
 the file offset of every cell follows from the page headers and the cell
 sizes (num_params x itemsize, from the metadata columns), and `os.preadv`
 copies each selected cell from the page cache into its row of the output,
-reading its 4-byte length prefix alongside as a check.
+reading its 4-byte length prefix alongside as a check, and hashes it
+(XXH3-64) against the checksum stored beside it while it is still in cache.
 
 Everything is verified before it is trusted: every data page must be PLAIN,
 uncompressed and level-free, and the cell sizes must add up to exactly each
@@ -242,43 +243,63 @@ def _build(path: str) -> CellIndex:
     return CellIndex(offsets, sizes)
 
 
+# Cells copied per preadv call: about 1 MB, so each cell is still in the CPU cache when it is hashed.
+_RUN_BYTES = 1 << 20
+
+
 def read_cells(path: str, index: CellIndex, rows: np.ndarray, out_rows: np.ndarray, out_flat: memoryview,
-               row_bytes: int) -> bool:
+               row_bytes: int, expect: np.ndarray | None = None) -> np.ndarray | None:
     """Copy cells `rows` of the part into rows `out_rows` of out_flat (bytes of an [N, P] tensor).
 
-    False if a cell has another size or a length prefix disagrees (the
-    caller then reads those rows another way).
+    Returns `ok`, one bool per given row (in the order given): the cell was
+    read whole, its 4-byte length prefix agrees, and, where `expect[i]` is a
+    hex XXH3-64 (not None), the copied bytes hash to it. Each cell is hashed
+    right after its run is copied, while it is still in the CPU cache, which
+    is what keeps verification cheap. None if a cell has another size than
+    row_bytes (the caller then reads those rows another way).
 
     Runs of cells that are adjacent in the file go in one preadv call.
     """
-    if len(rows) == 0:
-        return True
+    n = len(rows)
+    ok = np.zeros(n, dtype=bool)
+    if n == 0:
+        return ok
     order = np.argsort(index.offsets[rows], kind="stable")
-    rows, out_rows = rows[order], out_rows[order]
-    offs = index.offsets[rows]
-    sizes = index.sizes[rows]
+    rows_s, out_s = rows[order], out_rows[order]
+    offs = index.offsets[rows_s]
+    sizes = index.sizes[rows_s]
     if not np.all(sizes == row_bytes):
-        return False
-    prefixes = np.zeros(len(rows), dtype="<u4")
+        return None
+    want = None if expect is None else [expect[i] for i in order.tolist()]
+    prefixes = np.zeros(n, dtype="<u4")
     pv = memoryview(prefixes).cast("B")
-    offs_l, out_l = offs.tolist(), out_rows.tolist()
-    n, stride = len(offs_l), row_bytes + 4
+    offs_l, out_l = offs.tolist(), out_s.tolist()
+    stride = row_bytes + 4
+    run_cap = max(1, min(512, _RUN_BYTES // stride))  # 512: two iovecs a cell, IOV_MAX is 1024
+    got = np.zeros(n, dtype=bool)
     fd = os.open(path, os.O_RDONLY)
     try:
         i = 0
         while i < n:
             # a cell continues the run if it starts right after the previous cell and the next length prefix
             j = i + 1
-            while j < n and j - i < 512 and offs_l[j] == offs_l[j - 1] + stride:
+            while j < n and j - i < run_cap and offs_l[j] == offs_l[j - 1] + stride:
                 j += 1
             bufs = []
             for k in range(i, j):
                 r = out_l[k] * row_bytes
                 bufs.append(pv[4 * k:4 * k + 4])
                 bufs.append(out_flat[r:r + row_bytes])
-            if os.preadv(fd, bufs, offs_l[i] - 4) != (j - i) * stride:
-                return False
+            if os.preadv(fd, bufs, offs_l[i] - 4) == (j - i) * stride:
+                got[i:j] = True
+                if want is not None:
+                    for k in range(i, j):
+                        h = want[k]
+                        if h is not None and codec.xxh3(bufs[2 * (k - i) + 1]) != h:  # the cell just copied
+                            got[k] = False
             i = j
     finally:
         os.close(fd)
-    return bool(np.array_equal(prefixes.astype(np.int64), sizes))
+    got &= prefixes.astype(np.int64) == sizes
+    ok[order] = got
+    return ok

@@ -7,7 +7,12 @@ DuckDB views read all parts with union-by-name, so a column missing from an
 older part reads as NULL.
 
 Weights live in a BLOB column `weights` (raw little-endian bytes) next to
-`dtype`, `num_params`, `layout_id` and `sha256` (hex of the bytes).
+`dtype`, `num_params`, `layout_id`, `sha256` (hex of the bytes) and `xxh3`
+(hex XXH3-64 of the bytes: the checksum every read verifies).
+
+Columns in LATER_COLUMNS were added to the contract after stores existed: every
+new part has them, an older part may lack them (they read as NULL, and `wsl
+store check` does not call that damage; reads fall back to sha256 there).
 """
 from __future__ import annotations
 
@@ -40,8 +45,11 @@ WEIGHT_COLUMNS: tuple[tuple[str, pa.DataType], ...] = (
     ("dtype", pa.string()),  # float32 | float16 | bfloat16
     ("num_params", pa.int64()),
     ("sha256", pa.string()),  # hex sha256 of the weights bytes
+    ("xxh3", pa.string()),  # hex XXH3-64 of the weights bytes: what reads verify
     ("weights", pa.large_binary()),
 )
+
+LATER_COLUMNS = frozenset({"xxh3"})  # required of new parts; older parts may lack them
 
 TABLES: dict[str, Table] = {t.name: t for t in [
     Table("models", ("model_id",), (

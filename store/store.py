@@ -1,6 +1,6 @@
 """ZooStore: a directory of immutable Parquet parts, queried with DuckDB, weights out as torch tensors.
 
-    store = ZooStore("wsl-store")                       # create or open
+    store = ZooStore("wsl-store", create=True)          # create or open (ZooStore(path): open only)
     store.append("models", rows)                        # idempotent on keys
     store.append_weights("checkpoints", w, rows, layout)  # w: [N, P] tensor
     store.sql("SELECT phase, count(*) FROM landscape GROUP BY phase")
@@ -35,10 +35,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from store import codec, fastread, parts, pool, sql
+from store import codec, parts, sql
 from store.errors import UserError
 from store.layout import ParamLayout
-from store.schema import SCHEMA_VERSION, TABLES, WEIGHT_COLUMNS, Table
+from store.schema import LATER_COLUMNS, SCHEMA_VERSION, TABLES, WEIGHT_COLUMNS, Table
+from store.verified_read import Damaged, DamagedRowsSkipped, damaged_error, read_weights, skipped_message
 
 FORMAT = "wsl-zoo-store"
 META_FILE = "zoo.json"
@@ -50,21 +51,17 @@ def _sql_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def _sql_str(s: str) -> str:
-    return "'" + s.replace("'", "''") + "'"
-
-
 class ZooStore:
-    """Create or open the zoo store in directory `path`.
+    """Open the zoo store in directory `path`; create=True also creates it when missing.
 
-    create=False refuses to make a new store (commands that only read use it,
-    so a typo in --store is an error, not a fresh empty store).
+    Without create=True a missing store is a UserError, so a typo in a path is
+    an error, not a fresh empty store (training and imports create; reads don't).
     """
 
     row_group_bytes = parts.ROW_GROUP_BYTES  # <= 64 MB: the Hub's viewer refuses bigger row groups
     part_bytes = parts.PART_BYTES  # <= 500 MB per part file
 
-    def __init__(self, path: str | os.PathLike, create: bool = True):
+    def __init__(self, path: str | os.PathLike, create: bool = False):
         self.path = Path(path).expanduser()
         self._lock = threading.RLock()
         self._ro_con: duckdb.DuckDBPyConnection | None = None
@@ -72,6 +69,7 @@ class ZooStore:
         self._con: duckdb.DuckDBPyConnection | None = None
         self._layouts: dict[str, ParamLayout] = {}
         self.skipped_parts: dict[str, str] = {}  # path -> why, parts left out of queries (unreadable footer)
+        self.skipped_rows: list[Damaged] = []  # damaged rows reads left out on request (skip_damaged=True)
         self.meta = self._open_or_create(create)
 
     # ----- open / create ----------------------------------------------------
@@ -82,7 +80,8 @@ class ZooStore:
         if not create:
             raise UserError(
                 f"no zoo store at {self.path} (no {META_FILE} there)",
-                "train one with `wsl zoo train SPEC --store DIR`, or point --store / $WSL_STORE at an existing store",
+                "train one with `wsl zoo train SPEC --store DIR` (or ZooStore(path, create=True)), "
+                "or point --store / $WSL_STORE at an existing store",
             )
         if self.path.exists() and not self.path.is_dir():
             raise UserError(f"store path {self.path} is a file", "give a directory for the store")
@@ -207,10 +206,14 @@ class ZooStore:
                                                            "autoload_known_extensions": False})
         return self._con
 
-    def _scan(self, table: str, infos: Sequence[parts.PartInfo]) -> str:
-        """SQL table expression reading `infos` natively (union by name); for internal queries only."""
-        files = ", ".join(_sql_str(str(i.path)) for i in infos)
-        return f"read_parquet([{files}], union_by_name=true)"
+    def _internal_sql(self, query: str, infos: Sequence[parts.PartInfo], **params) -> pa.Table:
+        """Run one of our own queries on the internal connection; `SCAN` in it reads `infos` (union by name).
+
+        The part paths and every value in params are bound parameters ($files, $name), not spliced text.
+        """
+        q = query.replace("SCAN", "read_parquet($files, union_by_name=true)")
+        with self._lock:
+            return self._internal().sql(q, params={"files": [str(i.path) for i in infos], **params}).to_arrow_table()
 
     # ----- SQL ----------------------------------------------------------------
     def arrow(self, query: str, params=None) -> pa.Table:
@@ -249,6 +252,8 @@ class ZooStore:
         return self._append_arrow(spec, t, sha_trusted=False)
 
     def _append_arrow(self, spec: Table, t: pa.Table, sha_trusted: bool) -> int:
+        if spec.has_weights:
+            t = _fill_xxh3(t)
         folder = self.table_dir(spec.name)
         with self._lock, parts.table_lock(folder):
             infos = self.parts(spec.name)
@@ -370,14 +375,12 @@ class ZooStore:
         infos = self.parts("layouts")
         rows = []
         if infos:
-            with self._lock:
-                rows = self._internal().sql(
-                    f"SELECT layout_json FROM {self._scan('layouts', infos)} WHERE layout_id = ?",
-                    params=[str(layout_id)]).fetchall()
+            rows = self._internal_sql("SELECT layout_json FROM SCAN WHERE layout_id = $id", infos,
+                                      id=str(layout_id)).column(0).to_pylist()
         if not rows:
             raise UserError(f"unknown layout_id {layout_id!r} in store {self.path}",
                             "list stored layouts with: wsl query \"SELECT layout_id, architecture, num_params FROM layouts\"")
-        layout = ParamLayout.from_json(rows[0][0])
+        layout = ParamLayout.from_json(rows[0])
         self._layouts[layout_id] = layout
         return layout
 
@@ -385,7 +388,7 @@ class ZooStore:
                        dtype: str = "float32") -> int:
         """Append N weight vectors ([N, P] tensor) with their N rows of other columns.
 
-        Fills layout_id, dtype, num_params, sha256 and weights (raw
+        Fills layout_id, dtype, num_params, sha256, xxh3 and weights (raw
         little-endian bytes of `dtype`), registers the layout if new, and
         refuses NaN/inf or a P that does not match the layout.
         """
@@ -405,7 +408,7 @@ class ZooStore:
             raise UserError(f"{table}: weights have {weights.shape[1]} values per model but layout "
                             f"{layout.layout_id} has {layout.num_params} parameters",
                             "use weights of the same architecture and width as the layout")
-        cells, hashes = codec.encode(weights, dtype)
+        cells, hashes, checks = codec.encode(weights, dtype)
         t = _to_arrow(rows, table)
         if t.num_rows != len(cells):
             raise UserError(f"{table}: {len(cells)} weight rows but {t.num_rows} metadata rows",
@@ -416,6 +419,7 @@ class ZooStore:
             "dtype": pa.array([dtype] * n, pa.string()),
             "num_params": pa.array([layout.num_params] * n, pa.int64()),
             "sha256": pa.array(hashes, pa.string()),
+            "xxh3": pa.array(checks, pa.string()),
         }
         for name, arr in filled.items():
             if name in t.column_names:
@@ -465,35 +469,50 @@ class ZooStore:
                             f"use one of: {', '.join(t for t, s in TABLES.items() if s.has_weights)}")
         return spec
 
-    def weights(self, query_or_ids: str | Iterable[str], table: str = "checkpoints", verify: bool = False,
-                grouped: bool = False, device: str | torch.device | None = None):
+    def weights(self, query_or_ids: str | Iterable[str], table: str = "checkpoints", verify: bool | str = True,
+                grouped: bool = False, device: str | torch.device | None = None, skip_damaged: bool = False):
         """Selected weights as one [N, P] tensor plus their metadata (no weights column), in the same row order.
 
         query_or_ids: a SELECT returning the table's key column (any joins and
         filters over the views), or a list of keys. Rows of several layouts
         are an error unless grouped=True, which returns {layout_id: (tensor,
-        meta)}. verify=True recomputes every sha256. The tensor has the stored
-        dtype (float32 if one layout's rows mix dtypes).
+        meta)}. The tensor has the stored dtype (float32 if one layout's rows
+        mix dtypes).
+
+        Every read is verified (store/verified_read.py): each cell against the
+        checksum stored beside it (xxh3; sha256 for older parts), Parquet page
+        CRCs where pyarrow decodes, the metadata pages by their CRCs. A damaged
+        row is a UserError naming the part and the fix. skip_damaged=True
+        leaves damaged rows out instead: the result has fewer rows than asked
+        (meta says which), and each skipped row is appended to
+        `store.skipped_rows` (with a warning). verify="sha256" recomputes every
+        sha256 as well (slow); verify=False checks nothing (only to measure the
+        cost of checking).
         """
         spec = self._weight_spec(table)
         ids = self.keys(query_or_ids, table)
         try:
-            return self._fetch(spec, ids, verify=verify, grouped=grouped, device=device)
+            return self._fetch(spec, ids, verify, grouped, device, skip_damaged)
         except FileNotFoundError:  # compacted away between listing and reading: list again, once
-            return self._fetch(spec, ids, verify=verify, grouped=grouped, device=device)
+            return self._fetch(spec, ids, verify, grouped, device, skip_damaged)
 
     def iter_weights(self, query_or_ids: str | Iterable[str], batch_size: int = 4096, table: str = "checkpoints",
-                     verify: bool = False, device: str | torch.device | None = None
+                     verify: bool | str = True, device: str | torch.device | None = None, skip_damaged: bool = False
                      ) -> Iterator[tuple[torch.Tensor, pd.DataFrame]]:
-        """Yield (tensor, meta) batches of at most batch_size rows, in the query's order, without holding them all."""
+        """Yield (tensor, meta) batches of at most batch_size rows, in the query's order, without holding them all.
+
+        Verified like `weights`; with skip_damaged a batch may be shorter (or empty: such batches are not yielded).
+        """
         if batch_size < 1:
             raise UserError(f"batch_size must be >= 1, got {batch_size}", "pass a positive batch_size")
         spec = self._weight_spec(table)
         ids = self.keys(query_or_ids, table)
         for start in range(0, len(ids), batch_size):
-            yield self._fetch(spec, ids[start:start + batch_size], verify=verify, grouped=False, device=device)
+            w, meta = self._fetch(spec, ids[start:start + batch_size], verify, False, device, skip_damaged)
+            if len(meta):
+                yield w, meta
 
-    def _fetch(self, spec: Table, ids: list[str], verify: bool, grouped: bool, device):
+    def _fetch(self, spec: Table, ids: list[str], verify: bool | str, grouped: bool, device, skip_damaged: bool):
         key = spec.key[0]
         infos = self.parts(spec.name)
         if not ids:
@@ -505,9 +524,15 @@ class ZooStore:
         schema = self.schema(spec.name, infos)
         meta_schema = pa.schema([f for f in schema if f.name != WEIGHTS])
         wanted = pa.array(list(dict.fromkeys(ids)), pa.string())
-        found, files, rows = [], [], []
+        found, files, rows, unreadable = [], [], [], []
         for info in infos:
-            part_meta = _part_meta(info, meta_schema)
+            try:
+                part_meta = _part_meta(info, meta_schema)
+            except UserError:
+                if not skip_damaged:
+                    raise
+                unreadable.append(str(info.path))
+                continue
             pos = pc.index_in(part_meta.column(key), value_set=wanted)
             hit = np.nonzero(pos.is_valid().to_numpy(zero_copy_only=False))[0]
             if len(hit):
@@ -522,7 +547,12 @@ class ZooStore:
         for i, k in enumerate(res.column(key).to_pylist()):
             first.setdefault(k, i)
         missing = [k for k in ids if k not in first]
-        if missing:
+        damaged: list[Damaged] = []
+        if missing and unreadable:  # skip_damaged: the keys may live in a part whose metadata is damaged
+            where = unreadable[0] if len(unreadable) == 1 else f"one of {len(unreadable)} parts: {', '.join(unreadable[:3])}"
+            damaged += [Damaged(spec.name, k, where, "metadata pages fail their checksum") for k in dict.fromkeys(missing)]
+            ids = [k for k in ids if k in first]
+        elif missing:
             raise UserError(f"{len(missing)} {key} values not in {spec.name}: {missing[:5]}",
                             f"check them with: wsl query \"SELECT {key} FROM {spec.name} LIMIT 10\"")
         src = np.fromiter((first[k] for k in ids), dtype=np.int64, count=len(ids))
@@ -532,33 +562,57 @@ class ZooStore:
             raise UserError(f"the selected {spec.name} rows have {len(layouts)} layouts ({', '.join(map(str, layouts[:4]))}): "
                             "they cannot stack into one [N, P] tensor",
                             "filter on one layout_id (or architecture/width), or pass grouped=True for {layout_id: (tensor, meta)}")
-        # 3. read the cells into one tensor per layout
-        file_col, row_col = file_arr, row_arr
+        # 3. read the cells into one tensor per layout, every cell checked
         dtype_col = res.column("dtype").to_numpy(zero_copy_only=False)
         np_col = res.column("num_params").to_numpy(zero_copy_only=False).astype(np.int64)
-        meta_all = res
-        out = {}
+        sha_col = res.column("sha256").to_pylist()
+        xxh_col = res.column("xxh3").to_pylist()
+        read = {}
         for lid in layouts:
             sel = src if len(layouts) == 1 else src[layout_col == lid]
             p = int(np_col[sel[0]])
             if not np.all(np_col[sel] == p):
                 raise UserError(f"rows of layout {lid} have different num_params", "the store is damaged: run `wsl store check`")
             kinds = list(dict.fromkeys(dtype_col[sel].tolist()))
+            bad: dict[int, tuple[str, str]] = {}
             if len(kinds) == 1:
-                tensor = _read_weights(file_col[sel], row_col[sel], kinds[0], p, verify_sha=(
-                    res.column("sha256").to_numpy(zero_copy_only=False)[sel] if verify else None), keys=np.asarray(ids)[sel] if len(layouts) == 1 else None)
+                tensor, bad = read_weights(file_arr[sel], row_arr[sel], kinds[0], p, [xxh_col[i] for i in sel],
+                                           [sha_col[i] for i in sel], verify)
             else:  # one layout stored in several dtypes: upcast to float32
                 tensor = torch.empty((len(sel), p), dtype=torch.float32)
                 for d in kinds:
-                    m = dtype_col[sel] == d
-                    part = _read_weights(file_col[sel][m], row_col[sel][m], d, p, verify_sha=(
-                        res.column("sha256").to_numpy(zero_copy_only=False)[sel][m] if verify else None))
-                    tensor[torch.from_numpy(np.nonzero(m)[0])] = part.float()
-            meta = meta_all.take(pa.array(sel)).to_pandas()
+                    at = np.nonzero(dtype_col[sel] == d)[0]
+                    sub = sel[at]
+                    part, sub_bad = read_weights(file_arr[sub], row_arr[sub], d, p, [xxh_col[i] for i in sub],
+                                                 [sha_col[i] for i in sub], verify)
+                    tensor[torch.from_numpy(at)] = part.float()
+                    bad.update({int(at[i]): v for i, v in sub_bad.items()})
+            damaged += [Damaged(spec.name, str(res.column(key)[int(sel[i])].as_py()), part, why)
+                        for i, (part, why) in sorted(bad.items())]
+            read[lid] = (sel, tensor, bad)
+        if damaged and not skip_damaged:
+            raise damaged_error(spec.name, damaged)
+        if damaged:
+            self.skipped_rows.extend(damaged)
+            warnings.warn(skipped_message(damaged), DamagedRowsSkipped, stacklevel=3)
+        out = {}
+        for lid, (sel, tensor, bad) in read.items():
+            if bad:
+                keep = np.array([i not in bad for i in range(len(sel))], dtype=bool)
+                sel, tensor = sel[keep], tensor[torch.from_numpy(keep)]
+            if not len(sel):
+                continue
+            meta = res.take(pa.array(sel)).to_pandas()
             if device is not None:
                 tensor = tensor.to(device)
             out[lid] = (tensor, meta)
-        return out if grouped else out[layouts[0]]
+        if grouped:
+            return out
+        if not out:  # every row skipped as damaged
+            empty = meta_schema.empty_table().to_pandas()
+            p = int(np_col[src[0]]) if len(src) else 0
+            return torch.empty((0, p)), empty
+        return out[layouts[0]]
 
     # ----- files in and out ----------------------------------------------------------
     def import_dir(self, folder: str | os.PathLike, arch: Mapping[str, Any] | None = None, zoo: str | None = None,
@@ -650,6 +704,25 @@ def _check_weight_cells(spec: Table, t: pa.Table, sha_trusted: bool) -> None:
         if mismatch:
             raise UserError(f"{spec.name}: sha256 does not match the weight bytes in rows {mismatch[:10]}",
                             "write weights with ZooStore.append_weights")
+        given = t.column("xxh3").to_pylist()
+        mismatch = [i for i, (g, a) in enumerate(zip(given, codec.xxh3_cells(col))) if g is not None and g != a]
+        if mismatch:
+            raise UserError(f"{spec.name}: xxh3 does not match the weight bytes in rows {mismatch[:10]}",
+                            "leave xxh3 out (it is computed from the bytes), or write weights with ZooStore.append_weights")
+
+
+def _fill_xxh3(t: pa.Table) -> pa.Table:
+    """Give rows from elsewhere (a pulled zoo, an older store) their xxh3; their sha256 is checked on append."""
+    if WEIGHTS not in t.column_names:
+        return t
+    if "xxh3" in t.column_names:
+        given = t.column("xxh3")
+        if given.null_count == 0:
+            return t
+        computed = codec.xxh3_cells(t.column(WEIGHTS))
+        values = [g if g is not None else c for g, c in zip(given.to_pylist(), computed)]
+        return t.set_column(t.column_names.index("xxh3"), "xxh3", pa.array(values, pa.string()))
+    return t.append_column("xxh3", pa.array(codec.xxh3_cells(t.column(WEIGHTS)), pa.string()))
 
 
 def _key_array(t: pa.Table, keys: Sequence[str]) -> pa.Array:
@@ -670,15 +743,13 @@ _KEY_CACHE: "dict[tuple, pa.Array]" = {}
 
 def _part_keys(info: parts.PartInfo, keys: Sequence[str]) -> pa.Array:
     """A part's key column(s) as one string array (cached: parts never change)."""
-    import pyarrow.parquet as pq
-
     st = info.path.stat()
     ck = (str(info.path), st.st_size, st.st_mtime_ns, tuple(keys))
     hit = _KEY_CACHE.get(ck)
     if hit is None:
         if len(_KEY_CACHE) > 20_000:
             _KEY_CACHE.clear()
-        hit = _key_array(pq.read_table(info.path, columns=list(keys)), keys)
+        hit = _key_array(_read_columns(info.path, list(keys)), keys)
         _KEY_CACHE[ck] = hit
     return hit
 
@@ -707,7 +778,12 @@ def _differing_columns(new: pa.Table, old: pa.Table, cols: Sequence[str]) -> tup
     for c in cols:
         a = new.column(c).combine_chunks()
         if c in old.column_names:
-            diff = ~_same(a, old.column(c).combine_chunks())
+            o = old.column(c).combine_chunks()
+            diff = ~_same(a, o)
+            if c in LATER_COLUMNS:  # a checksum an older part never stored is not a different value
+                diff &= o.is_valid().to_numpy(zero_copy_only=False)
+        elif c in LATER_COLUMNS:
+            diff = np.zeros(len(a), dtype=bool)
         else:  # a column the stored rows never had: new information under an old key
             diff = a.is_valid().to_numpy(zero_copy_only=False)
         if diff.any():
@@ -729,14 +805,12 @@ _META_CACHE_BYTES = 512 * 2**20
 
 def _part_meta(info: parts.PartInfo, meta_schema: pa.Schema) -> pa.Table:
     """A part's columns other than `weights`, in the table's unified schema (cached: parts never change)."""
-    import pyarrow.parquet as pq
-
     st = info.path.stat()
     key = (str(info.path), st.st_size, st.st_mtime_ns, meta_schema)
     hit = _META_CACHE.get(key)
     if hit is None:
         names = [f.name for f in meta_schema if f.name in info.schema.names]
-        t = pq.read_table(info.path, columns=names)
+        t = _read_columns(info.path, names)
         cols = [t.column(f.name).cast(f.type) if f.name in names and t.column(f.name).type != f.type
                 else (t.column(f.name) if f.name in names else pa.nulls(t.num_rows, f.type)) for f in meta_schema]
         hit = pa.Table.from_arrays(cols, schema=meta_schema)
@@ -746,82 +820,16 @@ def _part_meta(info: parts.PartInfo, meta_schema: pa.Schema) -> pa.Table:
     return hit
 
 
-def _read_weights(files: np.ndarray, rows: np.ndarray, dtype: str, p: int, verify_sha: np.ndarray | None = None,
-                  keys: np.ndarray | None = None) -> torch.Tensor:
-    """Cells (file, row number) -> one [n, P] tensor of `dtype`, output row i = cell i.
-
-    Fast path: `os.preadv` from the part straight into the output (store/fastread.py);
-    parts it cannot read that way go through pyarrow.
-    """
-    n = len(rows)
-    row_bytes = p * codec.ITEMSIZE[dtype]
-    # memory from the pool (store/pool.py) is already mapped; numpy allocates new big buffers with
-    # transparent huge pages, whose first touch is much cheaper than torch.empty's
-    buf = pool.take(n * row_bytes)
-    out_np = np.ndarray((n, row_bytes), dtype=np.uint8, buffer=buf)
-    flat = memoryview(buf)[: n * row_bytes]
-    order = np.argsort(files, kind="stable")
-    sorted_files = files[order]
-    bounds = np.nonzero(np.r_[True, sorted_files[1:] != sorted_files[:-1]])[0].tolist() + [n]
-    jobs = []
-    for a, b in zip(bounds[:-1], bounds[1:]):
-        path = str(sorted_files[a])
-        out_rows, file_rows = order[a:b], rows[order[a:b]]
-        jobs.append((path, file_rows, out_rows))
-    threads = min(_READ_THREADS, os.cpu_count() or 1)
-    if threads > 1 and n * row_bytes >= _PARALLEL_BYTES:
-        # preadv releases the GIL: split the cells so each thread copies (and first-touches) half the output
-        split = []
-        for path, file_rows, out_rows in jobs:
-            step = max(1, -(-len(file_rows) // threads))
-            split += [(path, file_rows[i:i + step], out_rows[i:i + step]) for i in range(0, len(file_rows), step)]
-        from concurrent.futures import ThreadPoolExecutor
-
-        with ThreadPoolExecutor(threads) as executor:
-            done = list(executor.map(lambda j: _read_fast(*j, flat, row_bytes), split))
-        jobs = [j for j, ok in zip(split, done) if not ok]
-    else:
-        jobs = [j for j in jobs if not _read_fast(*j, flat, row_bytes)]
-    for path, file_rows, out_rows in jobs:  # parts the fast path cannot read
-        _read_with_arrow(path, file_rows, out_rows, out_np, row_bytes)
-    if verify_sha is not None:
-        import hashlib
-
-        bad = [i for i in range(n) if hashlib.sha256(out_np[i]).hexdigest() != verify_sha[i]]
-        if bad:
-            which = [str(keys[i]) for i in bad[:5]] if keys is not None else bad[:5]
-            raise UserError(f"sha256 mismatch for {len(bad)} rows: {which}",
-                            "the store is damaged: run `wsl store check` and restore those parts")
-    del out_np, flat
-    view = pool.array(buf, (n, p), {"float32": np.float32, "float16": np.float16, "bfloat16": np.int16}[dtype])
-    t = torch.from_numpy(view)
-    return t.view(torch.bfloat16) if dtype == "bfloat16" else t
-
-
-_READ_THREADS = 2
-_PARALLEL_BYTES = 16 * 2**20
-
-
-def _read_fast(path: str, file_rows: np.ndarray, out_rows: np.ndarray, flat: memoryview, row_bytes: int) -> bool:
-    index = fastread.cell_index(path)
-    return index is not None and fastread.read_cells(path, index, file_rows, out_rows, flat, row_bytes)
-
-
-def _read_with_arrow(path: str, file_rows: np.ndarray, out_rows: np.ndarray, out_np: np.ndarray, row_bytes: int) -> None:
-    """Slow path for parts not in the fast layout: decode the row groups that hold the rows."""
+def _read_columns(path: Path, columns: list[str]) -> pa.Table:
+    """Columns of a part with the Parquet page CRCs checked; damage is a UserError naming the part and the fix."""
     import pyarrow.parquet as pq
 
-    pf = pq.ParquetFile(path)
-    rg_rows = [pf.metadata.row_group(i).num_rows for i in range(pf.metadata.num_row_groups)]
-    bounds = np.cumsum([0] + rg_rows)
-    rg_of = np.searchsorted(bounds, file_rows, side="right") - 1
-    for rg in np.unique(rg_of).tolist():
-        m = rg_of == rg
-        col = pf.read_row_group(rg, columns=[WEIGHTS]).column(0).combine_chunks()
-        data, offs = codec.chunk_bytes(col)
-        for r, o in zip((file_rows[m] - bounds[rg]).tolist(), out_rows[m].tolist()):
-            cell = data[offs[r]:offs[r + 1]]
-            if len(cell) != row_bytes:
-                raise UserError(f"{path} row {r}: weights have {len(cell)} bytes, expected {row_bytes}",
-                                "the store is damaged: run `wsl store check`")
-            out_np[o] = cell
+    try:
+        return pq.read_table(path, columns=columns, page_checksum_verification=True)
+    except FileNotFoundError:
+        raise  # compacted away: the caller lists the parts again
+    except Exception as e:  # noqa: BLE001 - a bad page CRC, a broken page header, truncated data
+        raise UserError(f"damaged part {path}: its metadata columns fail their page checksums "
+                        f"({type(e).__name__}: {str(e)[:200]})",
+                        "run `wsl store check --quarantine` to set it aside, then re-run the command that wrote it "
+                        "(for checkpoints: the same `wsl zoo train SPEC`)") from None

@@ -17,7 +17,7 @@ def built_store(tmp_path_factory):
     from store import ZooStore
 
     path = tmp_path_factory.mktemp("evalzoo") / "store"
-    zs = ZooStore(path)
+    zs = ZooStore(path, create=True)
     fill_store(zs, mlp_zoo(), epochs=[0, 2, 4, 5, 6])
     zs.close()
     return path
@@ -133,7 +133,7 @@ def test_eval_regression_writes_r2_and_null_accuracy(run_cli, tmp_path):
     ds = load_dataset("sciml:sine")
     layout = ParamLayout.from_config(config_for(ds, {"name": "siren", "width": 8, "depth": 2}))
     torch.manual_seed(0)
-    zs = ZooStore(tmp_path / "r")
+    zs = ZooStore(tmp_path / "r", create=True)
     rows = [dict(checkpoint_id=f"s{i}-e0001", model_id=f"s{i}", epoch=1, step=1, train_loss=0.0, train_acc=0.0,
                  test_loss=0.0, test_acc=0.0) for i in range(3)]
     zs.append_weights("checkpoints", layout.flatten([layout.build_module() for _ in range(3)]), rows, layout)

@@ -17,7 +17,7 @@ def _zoo(path, width):
     spec = {"name": f"tiny-w{width}", "dataset": TASKS, "epochs": 2, "batch_size": 64, "seeds": 2,
             "architecture": {"name": "mlp", "width": width, "depth": 1}, "optimizer": {"name": "adam", "lr": 0.01},
             "checkpoints": {"epochs": [2]}}
-    zoo.train(spec, ZooStore(path))
+    zoo.train(spec, ZooStore(path, create=True))
     return path
 
 

@@ -40,7 +40,7 @@ NULLS = ("SELECT model_id, lr, NULL::VARCHAR AS note, NULL::DOUBLE AS missing, '
 
 @pytest.fixture
 def store(tmp_path):
-    s = ZooStore(tmp_path / "store")
+    s = ZooStore(tmp_path / "store", create=True)
     fill(s)
     return s
 

@@ -15,7 +15,7 @@ from test_store import LAYOUT, fill
 
 @pytest.fixture
 def store(tmp_path):
-    s = ZooStore(tmp_path / "store")
+    s = ZooStore(tmp_path / "store", create=True)
     fill(s)
     return s
 

@@ -85,7 +85,7 @@ def _grid_store(path):
 
     from store import ParamLayout
 
-    zs = ZooStore(path)
+    zs = ZooStore(path, create=True)
     layout = ParamLayout([("fc.weight", (2, 3)), ("fc.bias", (2,))], arch={"name": "toy"})
     models, ckpts = [], []
     for zoo, widths, seeds in (("grid", (8, 16), range(3)), ("other", (4,), range(1))):
@@ -146,6 +146,6 @@ def test_zoo_show_unknown_name_and_empty_store(run_cli, tmp_path):
     zs = _grid_store(tmp_path / "s")
     code, out, err = run_cli("zoo", "show", "gird", "--store", zs.path)
     assert code == 2 and "no zoo named 'gird'" in err and "grid, other" in err
-    ZooStore(tmp_path / "empty")
+    ZooStore(tmp_path / "empty", create=True)
     code, _, err = run_cli("zoo", "list", "--store", tmp_path / "empty")
     assert code == 2 and "has no models" in err

@@ -10,7 +10,7 @@ from _wsl_zoo import fill_store, mlp_zoo
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    zs = ZooStore(tmp_path_factory.mktemp("filters") / "s")
+    zs = ZooStore(tmp_path_factory.mktemp("filters") / "s", create=True)
     fill_store(zs, mlp_zoo(n=4, epochs=2), epochs=[0, 2])
     # a model with no checkpoint: selected by model-level filters only
     from store.schema import TABLES
@@ -65,7 +65,7 @@ def test_checkpoints_without_a_models_row_are_in_the_pool_for_checkpoint_command
 
     from wsl import ParamLayout
 
-    zs = ZooStore(tmp_path / "o")
+    zs = ZooStore(tmp_path / "o", create=True)
     layout = ParamLayout([("w", (2,))], arch={"name": "toy"})
     zs.append_weights("checkpoints", torch.zeros(2, 2), [dict(checkpoint_id=f"x{i}", model_id=f"x{i}", epoch=i, step=i,
                                                               train_loss=0.0, train_acc=0.0, test_loss=0.0,

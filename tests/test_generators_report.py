@@ -26,7 +26,7 @@ def zoo_store(tmp_path_factory):
     import zoo
 
     path = tmp_path_factory.mktemp("gen") / "store"
-    zoo.train(TINY_ZOO, ZooStore(path))
+    zoo.train(TINY_ZOO, ZooStore(path, create=True))
     return path
 
 
@@ -141,7 +141,7 @@ def test_interp_baseline_mixes_aligned_pairs():
 def test_a_selection_mixing_layouts_names_every_layout(tmp_path):
     from wsl import ParamLayout
 
-    st = ZooStore(tmp_path / "mixed")
+    st = ZooStore(tmp_path / "mixed", create=True)
     layouts = [ParamLayout.from_config({"name": "mlp", "in_features": 64, "out_features": 2, "width": w, "depth": 1})
                for w in (2, 3, 4, 5, 6)]
     g = torch.Generator().manual_seed(0)

@@ -47,7 +47,7 @@ def ckpt_rows(models: range, epochs: int = 3) -> list[dict]:
 
 def build_zoo(path: Path) -> ZooStore:
     """6 models of a tiny MLP (width 32) + 2 wider ones, 3 checkpoints each, landscape, datasets, evaluations."""
-    s = ZooStore(path)
+    s = ZooStore(path, create=True)
     g = torch.Generator().manual_seed(0)
     s.append("models", [model_row(i, SMALL) for i in range(6)] + [model_row(i, WIDE) for i in (6, 7)])
     small = ckpt_rows(range(6))
@@ -250,7 +250,7 @@ def test_bad_or_empty_selection_is_a_user_error_and_writes_nothing(zoo, tmp_path
 
 def test_empty_store_and_empty_tables_are_user_errors(tmp_path, zoo):
     with pytest.raises(UserError, match="nothing to publish"):
-        hub.build_folder(ZooStore(tmp_path / "empty"), tmp_path / "out")
+        hub.build_folder(ZooStore(tmp_path / "empty", create=True), tmp_path / "out")
     with pytest.raises(UserError, match="nothing to publish"):
         hub.build_folder(zoo, tmp_path / "out", tables="samples,generators")
     assert not (tmp_path / "out").exists()

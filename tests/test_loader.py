@@ -19,7 +19,7 @@ def rows(prefix, n):
 
 @pytest.fixture
 def store(tmp_path):
-    s = ZooStore(tmp_path / "s")
+    s = ZooStore(tmp_path / "s", create=True)
     g = torch.Generator().manual_seed(0)
     w = torch.randn(23, LAYOUT.num_params, generator=g)
     s.append_weights("checkpoints", w, rows("a", 23), LAYOUT)
@@ -95,7 +95,7 @@ def test_from_where_composes_a_filter_with_bound_conditions(store):
 
 
 def test_id_lists_are_bound_not_quoted(store, tmp_path):
-    s = ZooStore(tmp_path / "q")
+    s = ZooStore(tmp_path / "q", create=True)
     s.append_weights("checkpoints", torch.zeros(2, LAYOUT.num_params), rows("it's", 2), LAYOUT)
     loader = WeightLoader(s, ["it's-001", "it's-000"])
     assert loader.layout == LAYOUT and [m for _, m in loader][0].checkpoint_id.tolist() == ["it's-001", "it's-000"]

@@ -23,8 +23,8 @@ def store(tmp_path_factory):
     path = tmp_path_factory.mktemp("protocols") / "store"
     base = {"epochs": 1, "batch_size": 256, "seeds": 1, "architecture": {"name": "mlp", "width": 4, "depth": 1},
             "optimizer": {"name": "adam", "lr": 0.01}, "checkpoints": {"epochs": [1]}}
-    zoo.train({**base, "name": "tiny-tasks", "dataset": SUBSETS + PAIRS}, ZooStore(path))
-    zoo.train({**base, "name": "other", "dataset": ["digits-subset:9"]}, ZooStore(path))
+    zoo.train({**base, "name": "tiny-tasks", "dataset": SUBSETS + PAIRS}, ZooStore(path, create=True))
+    zoo.train({**base, "name": "other", "dataset": ["digits-subset:9"]}, ZooStore(path, create=True))
     return ZooStore(path)
 
 

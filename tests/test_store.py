@@ -46,12 +46,12 @@ def fill(store: ZooStore, models: int = 6, epochs: int = 3, seed: int = 0) -> to
 
 @pytest.fixture
 def store(tmp_path):
-    return ZooStore(tmp_path / "store")
+    return ZooStore(tmp_path / "store", create=True)
 
 
 # ----- open / create ---------------------------------------------------------------
 def test_create_writes_schema_version_and_reopens(tmp_path):
-    ZooStore(tmp_path / "s")
+    ZooStore(tmp_path / "s", create=True)
     meta = json.loads((tmp_path / "s" / "zoo.json").read_text())
     assert meta["schema_version"] == SCHEMA_VERSION
     assert ZooStore(tmp_path / "s", create=False).meta["schema_version"] == SCHEMA_VERSION
@@ -65,7 +65,7 @@ def test_missing_store_is_a_user_error_naming_path_and_fix(tmp_path):
 
 
 def test_newer_schema_version_is_refused(tmp_path):
-    ZooStore(tmp_path / "s")
+    ZooStore(tmp_path / "s", create=True)
     (tmp_path / "s" / "zoo.json").write_text(json.dumps({"format": "wsl-zoo-store", "schema_version": SCHEMA_VERSION + 1}))
     with pytest.raises(UserError, match="newer"):
         ZooStore(tmp_path / "s")
@@ -75,7 +75,7 @@ def test_non_store_directory_is_not_taken_over(tmp_path):
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "notes.txt").write_text("mine")
     with pytest.raises(UserError, match="not a zoo store"):
-        ZooStore(tmp_path / "d")
+        ZooStore(tmp_path / "d", create=True)
 
 
 def test_every_contract_table_has_a_view_even_when_empty(store):
@@ -268,10 +268,19 @@ def test_verify_catches_a_flipped_bit_in_the_store(store, tmp_path):
     cells = t.column("weights").to_pylist()
     cells[3] = bytes([cells[3][0] ^ 1]) + cells[3][1:]
     t = t.set_column(t.column_names.index("weights"), "weights", pa.array(cells, pa.large_binary()))
+    pq.write_table(t, part)  # another writer's layout (dictionary-encoded, no page CRCs): the slow read path
+    with pytest.raises(UserError, match=f"xxh3 checksum mismatch.*{part.name}.*m3-e0000.*--quarantine"):
+        store.weights(["m3-e0000"])  # every read is verified
+    t = t.drop_columns(["xxh3"])  # a part from before xxh3: the sha256 catches it
     pq.write_table(t, part)
-    store.weights(["m3-e0000"])  # unverified reads trust the bytes
     with pytest.raises(UserError, match="sha256 mismatch.*m3-e0000"):
-        store.weights(["m3-e0000"], verify=True)
+        store.weights(["m3-e0000"])
+    with pytest.raises(UserError, match="sha256 mismatch.*m3-e0000"):
+        store.weights(["m3-e0000"], verify="sha256")
+    w, _ = store.weights(["m3-e0000"], verify=False)  # explicitly unverified reads trust the bytes
+    assert w.shape == (1, LAYOUT.num_params)
+    w, meta = store.weights([f"m{i}-e0000" for i in range(6) if i != 3])  # the other rows of the part read fine
+    assert len(meta) == 5
 
 
 def test_store_pickles_by_path(store):

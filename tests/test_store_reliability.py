@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture
 def store(tmp_path):
-    return ZooStore(tmp_path / "store")
+    return ZooStore(tmp_path / "store", create=True)
 
 
 def snapshot(path: Path) -> dict[str, bytes]:
@@ -210,8 +210,8 @@ def test_damaged_weight_bytes_are_found_by_check_and_quarantined(store):
     assert not report.ok and report.corrupt_parts == [str(bad)]
     assert any("sha256" in p.problem or "checksum" in p.problem.lower() or "unreadable data" in p.problem
                for p in report.problems)
-    with pytest.raises(UserError, match="sha256 mismatch"):
-        fresh.weights("SELECT checkpoint_id FROM checkpoints WHERE model_id = 'm5' AND epoch = 2", verify=True)
+    with pytest.raises(UserError, match=f"xxh3 checksum mismatch.*{bad.name}.*m5-e0002"):
+        fresh.weights("SELECT checkpoint_id FROM checkpoints WHERE model_id = 'm5' AND epoch = 2")
     report = fresh.check(quarantine=True)
     assert report.quarantined and not bad.exists()
     assert (store.path / "_quarantine" / "checkpoints" / bad.name).exists()
@@ -309,7 +309,7 @@ def test_compaction_removes_exact_duplicates_from_racing_writers_only(store):
 
 
 def test_parts_and_row_groups_are_sized_by_bytes(tmp_path):
-    s = ZooStore(tmp_path / "s")
+    s = ZooStore(tmp_path / "s", create=True)
     s.row_group_bytes = 16 * 1024
     s.part_bytes = 40 * 1024
     layout = type(WIDE)([("w", (1000,))], arch={"name": "flat"})
@@ -343,7 +343,7 @@ def _writer(path: str, worker: int) -> int:
 @pytest.mark.slow
 def test_several_processes_append_at_once(tmp_path):
     path = str(tmp_path / "s")
-    ZooStore(path)
+    ZooStore(path, create=True)
     ctx = mp.get_context("spawn")
     with ctx.Pool(4) as pool:
         written = pool.starmap(_writer, [(path, w) for w in range(4)])

@@ -157,11 +157,14 @@ class WeightLoader:
     share one layout (`loader.layout`): filter on layout_id, architecture or
     width, or make one loader per layout. dtype: cast on the device (float16
     storage -> float32 for training); default keeps the stored dtype.
+    Reads are verified (ZooStore.weights): a damaged row raises, unless
+    skip_damaged=True, which leaves it out (batches may then be shorter; the
+    store lists what was skipped in `store.skipped_rows`).
     """
 
     def __init__(self, store, query_or_ids, batch_size: int = 1024, device: str | torch.device = "cpu",
                  prefetch: int = 2, table: str = "checkpoints", dtype: torch.dtype | None = None,
-                 verify: bool = False):
+                 verify: bool | str = True, skip_damaged: bool = False):
         if batch_size < 1:
             raise UserError(f"batch_size must be >= 1, got {batch_size}", "pass a positive batch_size")
         self.store = store
@@ -171,6 +174,7 @@ class WeightLoader:
         self.prefetch = prefetch
         self.dtype = dtype
         self.verify = verify
+        self.skip_damaged = skip_damaged
         self.ids = store.keys(query_or_ids, table)  # validates the SQL, metadata only
         self._query = query_or_ids.strip().rstrip(";") if isinstance(query_or_ids, str) else None
         self._layout: ParamLayout | None = None
@@ -226,7 +230,9 @@ class WeightLoader:
     def _batches(self):
         for start in range(0, len(self.ids), self.batch_size):
             chunk = self.ids[start:start + self.batch_size]
-            w, meta = self.store.weights(chunk, table=self.table, verify=self.verify)
+            w, meta = self.store.weights(chunk, table=self.table, verify=self.verify, skip_damaged=self.skip_damaged)
+            if len(meta) == 0:  # every row of this batch skipped as damaged
+                continue
             if self._layout is not None and w.shape[1] != self._layout.num_params:
                 raise UserError("the selected rows changed layout between batches",
                                 "filter on one layout_id, or make one loader per layout")

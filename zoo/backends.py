@@ -58,6 +58,7 @@ def _timed_cohort(store_path: str, rows: list[dict], start_epoch: int, device: s
 def run_local(store, jobs: list[dict], device: str, tracker) -> list[dict[str, Any]]:
     results = []
     for i, job in enumerate(jobs):
+        tracker.cohort_started(i)
         res = _timed_cohort(store, job["rows"], job["start_epoch"], device,
                             on_epoch=lambda rep, i=i: tracker.epoch_done(i, rep))
         tracker.cohort_done(i, res, int(job["rows"][0]["epochs"]), res["seconds"], res["samples"])
@@ -81,6 +82,8 @@ def run_ray(store, jobs: list[dict], device: str, tracker) -> list[dict[str, Any
         task = ray.remote(num_cpus=1, num_gpus=gpus, max_retries=0)(_timed_cohort)
         path = str(store.path)
         refs = {task.remote(path, job["rows"], job["start_epoch"], device): i for i, job in enumerate(jobs)}
+        for i in range(len(jobs)):
+            tracker.cohort_started(i)
         results: list[dict[str, Any] | None] = [None] * len(jobs)
         waiting = list(refs)
         while waiting:

@@ -1,4 +1,4 @@
-"""Train a zoo: spec -> model rows -> cohorts -> every checkpoint in the store, resumable.
+"""Train a zoo: spec -> model rows -> cohorts -> every checkpoint in the store, resumable and repairable.
 
     summary = zoo.train("digits-mlp", "wsl-store")                 # a built-in spec name or a path
     summary = zoo.train(spec, store, backend="ray", device="cuda")
@@ -7,19 +7,25 @@ What happens, in order:
 1. the spec is parsed and expanded (`zoo.expand`); bad input (unknown keys,
    empty grids, a batch size larger than the data, lr <= 0, a device that is
    not there, a missing backend) is a UserError before anything is written;
-2. models already finished in the store (a `models` row, done or diverged)
-   are skipped; every other model continues from its last checkpoint that
-   has its optimizer state (weights, buffers and step count), or starts fresh;
-3. the models are grouped into cohorts (`zoo.population.group_cohorts`) and
-   each cohort is trained by a backend (`local` in-process, or `ray` tasks);
-4. as training goes, each checkpoint epoch appends one part of `checkpoints`
-   (weights, train/test loss and accuracy) and one of `optimizer_states`;
-   a model's `models` row (every hyperparameter in its own column, status
-   done | diverged) is written when it finishes.
+2. the plan (zoo/train_plan.py): models complete in the store are skipped;
+   models never trained are grouped into cohorts (`zoo.population.group_cohorts`);
+   every other model (an interrupted run, or rows that `wsl store check
+   --quarantine` set aside) continues with the cohort that wrote its last
+   intact state, from that state, so what it writes again is bit-identical;
+3. each cohort is claimed (store/claims.py: two trainers on overlapping specs
+   never train one model at once; the second waits, then finds it finished)
+   and trained by a backend (`local` in-process, or `ray` tasks);
+4. as training goes, each checkpoint epoch appends the checkpoints the store
+   lacks (weights, train/test loss and accuracy) and their optimizer states
+   (with the cohort that trained them); a model's `models` row (every
+   hyperparameter in its own column, status done | diverged) is written when
+   it finishes.
 
-Keys are deterministic (`{model_id}-e{epoch:04d}`), and a checkpoint already in
-the store is never written again, so re-running a spec after an interruption
-trains each epoch once and duplicates nothing.
+Keys are deterministic (`{model_id}-e{epoch:04d}`), and a row already in the
+store is never written again, so re-running a spec after an interruption (or a
+quarantine) trains what is missing and duplicates nothing. Ctrl-C raises
+TrainingInterrupted ("interrupted at epoch E of cohort C: run the same command
+to resume"); what was stored stays, and the same command resumes.
 """
 from __future__ import annotations
 
@@ -35,8 +41,9 @@ import torch
 
 from store.errors import UserError
 from zoo.optim import BUFFERS, state_layout
-from zoo.population import Checkpoint, CohortTrainer, EpochReport, ResumeState, group_cohorts, layout_for
+from zoo.population import Checkpoint, CohortTrainer, EpochReport, ResumeState, layout_for
 from zoo.spec import ZooSpec, expand, load_spec
+from zoo.train_plan import cohort_hash, plan
 
 DEVICES = ("cpu", "cuda")
 
@@ -66,18 +73,26 @@ class TrainSummary:
     backend: str
     device: str
     models: int  # in the spec
-    already_finished: int  # skipped: finished before this run
-    resumed: int  # continued from a stored checkpoint
-    trained: int  # finished now with status done
+    already_finished: int  # skipped: finished and complete before this run
+    resumed: int  # unfinished models continued from a stored checkpoint
+    trained: int  # finished now with status done (repaired models not counted)
     diverged: int  # finished now with status diverged
     cohorts: int
     checkpoints_written: int
     seconds: float
     final_test_acc_mean: float | None = None
     final_test_acc_max: float | None = None
+    repaired: int = 0  # finished models whose missing checkpoints / optimizer states were written again
+    waited_for_other_trainers: int = 0  # cohorts that waited for another process training some of their models
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training: says where it stopped; everything stored so far stays, the same command resumes."""
+
+
 
 
 def check_device(device: str) -> str:
@@ -102,26 +117,6 @@ def _open_store(store: Any):
     if isinstance(store, ZooStore):
         return store
     return ZooStore(Path(store), create=True)
-
-
-def _in_list(ids: Sequence[str]) -> str:
-    return ", ".join("'" + i.replace("'", "''") + "'" for i in ids)
-
-
-def plan(store, rows: Sequence[Mapping[str, Any]]) -> tuple[dict[str, str], dict[str, int]]:
-    """(finished model_id -> status, resumable model_id -> last epoch with weights and optimizer state)."""
-    ids = [r["model_id"] for r in rows]
-    if not ids:
-        return {}, {}
-    finished = store.sql(f"SELECT model_id, status FROM models WHERE model_id IN ({_in_list(ids)})")
-    done = dict(zip(finished["model_id"], finished["status"]))
-    pending = [i for i in ids if i not in done]
-    if not pending:
-        return done, {}
-    last = store.sql(
-        "SELECT c.model_id, max(c.epoch) AS epoch FROM checkpoints c JOIN optimizer_states o "
-        f"ON c.checkpoint_id = o.checkpoint_id WHERE c.model_id IN ({_in_list(pending)}) GROUP BY c.model_id")
-    return done, {m: int(e) for m, e in zip(last["model_id"], last["epoch"])}
 
 
 def checkpoint_id(model_id: str, epoch: int) -> str:
@@ -156,8 +151,11 @@ def run_cohort(store: Any, rows: Sequence[Mapping[str, Any]], start_epoch: int =
             raise UserError(f"optimizer states at epoch {start_epoch} of one cohort disagree on the step count {sorted(steps)}",
                             "the store mixes runs of different specs under one zoo name; use a new zoo name")
         start = ResumeState(start_epoch, params.float(), opt_vec.float(), steps.pop())
-    existing_ck = set(store.sql(f"SELECT checkpoint_id FROM checkpoints WHERE model_id IN ({_in_list(ids)})")["checkpoint_id"])
-    existing_opt = set(store.sql(f"SELECT checkpoint_id FROM optimizer_states WHERE model_id IN ({_in_list(ids)})")["checkpoint_id"])
+    mine = {"ids": ids}
+    existing_ck = set(store.sql("SELECT checkpoint_id FROM checkpoints WHERE model_id IN (SELECT unnest($ids))",
+                                mine)["checkpoint_id"])
+    existing_opt = set(store.sql("SELECT checkpoint_id FROM optimizer_states WHERE model_id IN (SELECT unnest($ids))",
+                                 mine)["checkpoint_id"])
     by_id = {r["model_id"]: r for r in rows}
     written = {"checkpoints": 0}
     final_acc: dict[str, float] = {}
@@ -173,7 +171,9 @@ def run_cohort(store: Any, rows: Sequence[Mapping[str, Any]], start_epoch: int =
             written["checkpoints"] += store.append_weights("checkpoints", ck.params[sel], ck_rows, layout)
         sel = [i for i, c in enumerate(cids) if c not in existing_opt]
         if sel:
+            # the cohort is part of the state: only the same models, in the same order, continue it bit for bit
             state = json.dumps({"optimizer": kind, "step": ck.step, "buffers": list(BUFFERS[kind]),
+                                "cohort": cohort_hash(ck.model_ids), "cohort_models": len(ck.model_ids),
                                 "rng": "derived from (seed, epoch): nothing to restore"}, sort_keys=True)
             opt_rows = [{"checkpoint_id": cids[i], "model_id": ck.model_ids[i], "epoch": ck.epoch,
                          "state_json": state} for i in sel]
@@ -193,7 +193,7 @@ def run_cohort(store: Any, rows: Sequence[Mapping[str, Any]], start_epoch: int =
         store.append("models", [{**by_id[m], "status": "done"} for m in done])
     return {"done": len(done), "diverged": sum(s == "diverged" for s in result.status.values()),
             "resumed": len(ids) if start is not None else 0, "checkpoints": written["checkpoints"],
-            "final_test_acc": {m: a for m, a in final_acc.items() if m in done}}
+            "status": dict(result.status), "final_test_acc": {m: a for m, a in final_acc.items() if m in done}}
 
 
 # Training appends one small part per cohort and checkpoint; reading weights back from many small
@@ -210,7 +210,8 @@ def compact_written(store) -> None:
 
 def train(spec: ZooSpec | str | Path | Mapping[str, Any], store: Any, backend: str = "local", device: str = "cpu",
           progress: Callable[[TrainProgress], None] | None = None, *, cohort_size: int | None = None) -> TrainSummary:
-    """Train every model of `spec` that is not finished in `store`; see the module docstring."""
+    """Train every model of `spec` that is not complete in `store`; see the module docstring."""
+    from store.claims import Claims
     from zoo.backends import get_backend
     from zoo.datasets import load_dataset
 
@@ -221,63 +222,158 @@ def train(spec: ZooSpec | str | Path | Mapping[str, Any], store: Any, backend: s
     if cohort_size is not None and (not isinstance(cohort_size, int) or cohort_size < 1):
         raise UserError(f"cohort_size={cohort_size!r}", "give a positive integer")
     rows = expand(spec)  # every check that needs the data happens here, before the store is touched
+    size = cohort_size or spec.cohort_size
     store = _open_store(store)
-    finished, resume = plan(store, rows)
-    pending = [r for r in rows if r["model_id"] not in finished]
-    seen = set()
-    ds_rows = []
-    for r in rows:
-        key = (r["dataset"], r["data_seed"])
-        if key not in seen:
-            seen.add(key)
-            ds_rows.append(load_dataset(r["dataset"], r["data_seed"]).descriptor())
-    store.append("datasets", ds_rows)
-    cohorts = group_cohorts(pending, {m: e for m, e in resume.items()}, cohort_size or spec.cohort_size)
-    jobs = [{"rows": c, "start_epoch": resume.get(c[0]["model_id"], -1)} for c in cohorts]
-    tracker = _Tracker(progress, len(rows), len(finished), jobs, t0)
-    results = run_backend(store, jobs, device, tracker)
-    compact_written(store)
-    accs = [a for res in results for a in res["final_test_acc"].values() if not math.isnan(a)]
+    tracker = _Tracker(progress, len(rows), t0)
+    try:
+        first = plan(store, rows, size)
+        seen = set()
+        ds_rows = []
+        for r in rows:
+            key = (r["dataset"], r["data_seed"])
+            if key not in seen:
+                seen.add(key)
+                ds_rows.append(load_dataset(r["dataset"], r["data_seed"]).descriptor())
+        store.append("datasets", ds_rows)
+        tracker.start(first)
+        results, ran, waited, last = [], [], 0, first
+        attempted: set[tuple] = set()
+        with Claims(store.path) as claims:
+            todo = first.jobs
+            while todo:
+                # local: one cohort at a time, so its models are let go as soon as it is done; ray: all at once
+                claimed = []
+                for j in todo:
+                    if claims.try_claim(j.model_ids):
+                        claimed.append(j)
+                        if backend == "local":
+                            break
+                if not claimed:
+                    waited += 1  # another trainer holds every cohort left: wait for the first
+                    claims.claim(todo[0].model_ids)
+                # plan again under the claims: another trainer may have finished some of these models meanwhile
+                mine = [j for j in plan(store, rows, size).jobs
+                        if claims.holds(j.model_ids) and _job_key(j) not in attempted]
+                attempted |= {_job_key(j) for j in mine}
+                if mine:
+                    results += run_backend(store, [j.as_dict() for j in mine], device, tracker.round(mine))
+                    ran += mine
+                claims.release()
+                last = plan(store, rows, size)
+                todo = [j for j in last.jobs if _job_key(j) not in attempted]
+        compact_written(store)
+        if last.partial or last.new:  # a cohort ran and its models are still not complete: never silent
+            left = last.partial + last.new
+            raise UserError(f"{len(left)} models of {spec.name!r} are still incomplete after training: {left[:5]}",
+                            "run `wsl store check`; if the store mixes runs of different specs under this zoo name, "
+                            "train the spec under a new name")
+    except KeyboardInterrupt:
+        raise TrainingInterrupted(tracker.interrupted_message()) from None
+    complete = set(first.complete)
+    finished_before = set(first.partial_finished)
+    status: dict[str, str] = {}
+    for res in results:
+        status.update(res["status"])
+    now = {m: st for m, st in status.items() if m not in complete and m not in finished_before}
+    resumed = {m for j in ran if j.start_epoch >= 0 for m in j.model_ids if m in set(first.partial) - finished_before}
+    accs = [a for res in results for m, a in res["final_test_acc"].items() if m in now and not math.isnan(a)]
     return TrainSummary(
         zoo=spec.name, store=str(store.path), backend=backend, device=device, models=len(rows),
-        already_finished=len(finished), resumed=sum(r["resumed"] for r in results),
-        trained=sum(r["done"] for r in results), diverged=sum(r["diverged"] for r in results), cohorts=len(jobs),
+        already_finished=len(complete), resumed=len(resumed), trained=sum(st == "done" for st in now.values()),
+        diverged=sum(st == "diverged" for st in now.values()), cohorts=len(ran),
         checkpoints_written=sum(r["checkpoints"] for r in results), seconds=round(time.perf_counter() - t0, 2),
         final_test_acc_mean=float(np.mean(accs)) if accs else None,
-        final_test_acc_max=float(np.max(accs)) if accs else None)
+        final_test_acc_max=float(np.max(accs)) if accs else None,
+        repaired=len(finished_before & set(status)), waited_for_other_trainers=waited)
+
+
+def _job_key(job) -> tuple:
+    return job.start_epoch, tuple(job.model_ids)
 
 
 class _Tracker:
-    """Turns per-epoch / per-cohort reports into TrainProgress events."""
+    """Turns per-epoch / per-cohort reports into TrainProgress events, and knows where training stands."""
 
-    def __init__(self, progress, total: int, finished: int, jobs: list[dict], t0: float):
+    def __init__(self, progress, total: int, t0: float):
         self.progress = progress
         self.total = total
-        self.done = finished
         self.t0 = t0
-        self.cohorts = len(jobs)
-        self.models = [len(j["rows"]) for j in jobs]
-        self.work = [len(j["rows"]) * (int(j["rows"][0]["epochs"]) - max(j["start_epoch"], 0)) for j in jobs]
-        self.work_total = sum(self.work)
+        self.complete: set[str] = set()
+        self.finished: set[str] = set()
+        self.cohorts = 0
+        self.models: list[int] = []
+        self.work: list[int] = []
+        self._cohort_work: list[int] = []
+        self.work_total = 0
         self.work_done = 0
-        self._cohort_work = [0] * len(jobs)
+        self.running: dict[int, int] = {}  # cohort index -> epoch in training
+
+    def start(self, first_plan) -> None:
+        self.complete = set(first_plan.complete)
+        self.cohorts = len(first_plan.jobs)
+        self.work_total = sum(self._work(j) for j in first_plan.jobs)
+
+    @staticmethod
+    def _work(job) -> int:
+        return len(job.rows) * (int(job.rows[0]["epochs"]) - max(job.start_epoch, 0))
+
+    def round(self, jobs) -> "_Round":
+        """The jobs of one backend call; their indices in the backend are 0.. len(jobs) - 1."""
+        base = len(self.work)
+        for j in jobs:
+            self.models.append(len(j.rows))
+            self.work.append(self._work(j))
+            self._cohort_work.append(0)
+        self.cohorts = max(self.cohorts, len(self.work))
+        self.work_total = max(self.work_total, sum(self.work))
+        return _Round(self, base, jobs)
+
+    @property
+    def models_done(self) -> int:
+        return len(self.complete | self.finished)
 
     def _emit(self, cohort: int, epoch: int, epochs: int, rate: float) -> None:
         if self.progress is not None:
-            self.progress(TrainProgress(self.done, self.total, epoch, epochs, cohort + 1, self.cohorts, self.work_done,
-                                        self.work_total, rate, time.perf_counter() - self.t0))
+            self.progress(TrainProgress(self.models_done, self.total, epoch, epochs, cohort + 1, self.cohorts,
+                                        self.work_done, self.work_total, rate, time.perf_counter() - self.t0))
 
-    def epoch_done(self, cohort: int, report: EpochReport) -> None:
+    def interrupted_message(self) -> str:
+        if len(self.running) == 1:
+            (c, e), = self.running.items()
+            where = f"interrupted at epoch {e} of cohort {c + 1}"
+        elif self.running:
+            where = f"interrupted while cohorts {', '.join(str(c + 1) for c in sorted(self.running))} were training"
+        else:
+            where = "interrupted before a cohort started training"
+        done = sum(1 for i, w in enumerate(self.work) if i not in self.running and self._cohort_work[i] >= w)
+        return (f"{where}: run the same command to resume ({done} of {self.cohorts} cohorts finished; "
+                "every checkpoint stored so far stays)")
+
+
+class _Round:
+    """A backend's view of the tracker: cohort i of this round is cohort base + i of the run."""
+
+    def __init__(self, tracker: _Tracker, base: int, jobs):
+        self.t, self.base, self.jobs = tracker, base, jobs
+
+    def cohort_started(self, i: int) -> None:
+        self.t.running[self.base + i] = max(self.jobs[i].start_epoch, 0) + 1
+
+    def epoch_done(self, i: int, report: EpochReport) -> None:
         """A cohort finished an epoch (local backend: live)."""
+        t, c = self.t, self.base + i
         # count every model that started the cohort, diverged ones included, so the total adds up
-        step = max(min(self.models[cohort], self.work[cohort] - self._cohort_work[cohort]), 0)
-        self._cohort_work[cohort] += step
-        self.work_done += step
-        self._emit(cohort, report.epoch, report.epochs, report.samples / max(report.seconds, 1e-9))
+        step = max(min(t.models[c], t.work[c] - t._cohort_work[c]), 0)
+        t._cohort_work[c] += step
+        t.work_done += step
+        t.running[c] = report.epoch + 1
+        t._emit(c, report.epoch, report.epochs, report.samples / max(report.seconds, 1e-9))
 
-    def cohort_done(self, cohort: int, result: Mapping[str, Any], epochs: int, seconds: float, samples: int) -> None:
-        rest = self.work[cohort] - self._cohort_work[cohort]
-        self._cohort_work[cohort] += rest
-        self.work_done += rest
-        self.done += int(result["done"]) + int(result["diverged"])
-        self._emit(cohort, epochs, epochs, samples / max(seconds, 1e-9))
+    def cohort_done(self, i: int, result: Mapping[str, Any], epochs: int, seconds: float, samples: int) -> None:
+        t, c = self.t, self.base + i
+        rest = t.work[c] - t._cohort_work[c]
+        t._cohort_work[c] += rest
+        t.work_done += rest
+        t.running.pop(c, None)
+        t.finished |= set(result.get("status", {}))
+        t._emit(c, epochs, epochs, samples / max(seconds, 1e-9))
