@@ -1,4 +1,4 @@
-"""`wsl publish` and `wsl pull`: a zoo store to a Hugging Face Hub dataset and back (store/hub.py does the work).
+"""`wsl publish` and `wsl pull`: a zoo store to a Hugging Face Hub dataset and back (store/hub/ does the work).
 
     wsl publish --repo-id my-lab/digits-zoo [--where "lr > 0.01"] [--tables models,checkpoints] [--private]
     wsl publish --dry-run zoo-hub            # writes the repo's folder (card + Parquet shards), uploads nothing
@@ -37,7 +37,7 @@ def publish(
     The token comes from HF_TOKEN or `hf auth login`; it is never printed or written.
     """
     from store import hub
-    from store.card import format_bytes
+    from store.hub.card import format_bytes
     from store.store import ZooStore
 
     common.check_format(fmt)
