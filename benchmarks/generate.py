@@ -45,7 +45,8 @@ from generators.evaluation.baselines import KINDS as BASELINES, noise  # noqa: E
 from generators.evaluation.novelty import iou_stats, nearest_l2, wrong_sets  # noqa: E402
 from generators.evaluation.references import training_weights, zoo_checkpoints  # noqa: E402
 from generators.evaluation.report import evaluate_generator  # noqa: E402
-from generators.protocol import held_out_tasks, seen_tasks, seen_where  # noqa: E402
+from generators.protocol import held_out_tasks, seen_tasks  # noqa: E402
+from generators.training_set import Split  # noqa: E402
 from store.store import ZooStore  # noqa: E402
 from wsl.evaluate import evaluate  # noqa: E402
 from zoo import load_dataset, load_spec, train  # noqa: E402
@@ -198,7 +199,8 @@ def main() -> None:
     if args.ae_steps is not None:
         config["ae_steps"] = args.ae_steps
     t0 = time.perf_counter()
-    gen = LatentDiffusion.fit(store, seen_where(), last=True, metric="test_acc", **config)
+    split = Split("digits-pairs", seen_tasks(), held_out_tasks())
+    gen = LatentDiffusion.fit(store, None, protocol=split, metric="test_acc", **config)  # last checkpoints, seen tasks
     t_fit = time.perf_counter() - t0
     gen.save_pretrained(args.out)
     print(f"fit on {gen.fit_info['num_train']} checkpoints / {len(gen.fit_info['conditions'])} tasks in {t_fit:.1f}s "

@@ -16,6 +16,10 @@ The dataset repo (`build_folder` writes it; `publish` uploads it as it is):
     data/<table>/<table>-00000-of-00003.parquet
                                     shards of <= 500 MB, row groups <= 64 MB (by bytes), < 10,000
                                     files per folder (more go into data/<table>/<NNNNN>/ subfolders)
+    generators/<generator_id>/      the generators fit on the published models, as saved, with reports
+
+A single generator goes up as a model repo through the same upload steps
+(generators/model_repo.py: `wsl generate push`).
 
 Why this shape: `datasets.load_dataset(repo, "checkpoints")`, the Hub's dataset viewer
 and DuckDB (`read_parquet('hf://datasets/ORG/NAME/data/models/*.parquet')`) read it as
@@ -30,7 +34,7 @@ One module per job:
     shards.py        rows -> Parquet shards within the Hub's byte limits (store/parts.py's writer policy)
     folder.py        the folder: shards + manifest + card, written atomically
     summary.py       counts and ranges for the card, from the shards just written
-    card.py          the README.md text
+    card.py          the README.md text (columns.py: what each column means)
     upload.py        publish, and the create-repo / upload steps every upload shares
     download.py      pull, and snapshots pinned by commit
 """

@@ -11,10 +11,13 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import dataclass
+import secrets
+import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from store.errors import UserError
@@ -32,12 +35,16 @@ WEIGHT_TABLES = [t for t, s in TABLES.items() if s.has_weights]
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 
 
+GENERATOR_TABLES = ("generators", "generator_reports", "samples")
+
+
 @dataclass
 class PullReport:
     source: str
     store: Path
     tables: dict[str, dict]
     skipped: dict[str, str]
+    generators: list[str] = field(default_factory=list)  # generator folders now in STORE/generators/
 
     def rows(self) -> list[dict]:
         out = [{"table": t, **i, "note": ""} for t, i in self.tables.items()]
@@ -85,8 +92,48 @@ def _check_target(path: Path) -> bool:
     return False
 
 
+def _conform(store, table: str, tbl: pa.Table) -> pa.Table:
+    """Rows from a repo, ready for ZooStore.append: required columns an older publish lacked are added as nulls,
+    and generators rows the store already has are left as they are (their folder may live elsewhere here)."""
+    for name, typ in TABLES[table].columns:
+        if name not in tbl.column_names:
+            tbl = tbl.append_column(pa.field(name, typ), pa.nulls(tbl.num_rows, typ))
+    if table == "generators" and store.count("generators") and tbl.num_rows:
+        have = set(store.sql("SELECT generator_id FROM generators")["generator_id"])
+        keep = [i for i, g in enumerate(tbl.column("generator_id").to_pylist()) if g not in have]
+        tbl = tbl.take(pa.array(keep, pa.int64()))
+    return tbl
+
+
+def _place_generators(root: Path, manifest: dict, store_path: Path, source: str) -> list[str]:
+    """Copy each published generator folder into STORE/generators/<id>/ (whole or not at all); returns the ids."""
+    placed = []
+    for gid, info in sorted((manifest.get("generators") or {}).items()):
+        src = root / info["folder"]
+        missing = [f for f in info["files"] if not (root / f).is_file()]
+        if missing:
+            raise UserError(f"{source}: generator {gid} lacks {len(missing)} of its files ({missing[:3]})",
+                            "re-run the pull (a download was incomplete)")
+        dst = store_path / "generators" / gid
+        if (dst / "config.json").is_file():
+            placed.append(gid)  # already here (a second pull): the folder is not touched
+            continue
+        tmp = dst.parent / f".partial-gen-{gid}-{secrets.token_hex(4)}"
+        try:
+            for f in info["files"]:
+                rel = Path(f).relative_to(info["folder"])
+                (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(root / f, tmp / rel)
+            os.replace(tmp, dst)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+        placed.append(gid)
+    return placed
+
+
 def pull(source: str, store_path: str | os.PathLike, *, tables: Iterable[str] | str | None = None,
-         weights: bool = False, revision: str | None = None,
+         weights: bool = False, revision: str | None = None, generators: bool = True,
          download: Callable[..., str] | None = None, progress: Progress | None = None) -> PullReport:
     """Import a published zoo (Hub repo ORG/NAME, or a local folder such as a --dry-run one) into a store.
 
@@ -99,7 +146,13 @@ def pull(source: str, store_path: str | os.PathLike, *, tables: Iterable[str] | 
     directory named like ORG/NAME wins over the Hub (as with datasets).
     `download(repo_id, revision=..., allow_patterns=[...]) -> folder` is
     injectable; by default huggingface_hub.snapshot_download (cached, so
-    HF_HUB_OFFLINE=1 works for a repo pulled before).
+    HF_HUB_OFFLINE=1 works for a repo pulled before). Every download after the
+    first is pinned to the commit the first one resolved.
+
+    generators: the published generator folders come along with the `generators`
+    table (into STORE/generators/<id>/, before their rows, so `wsl generate sample
+    <id>` works on the pulled store); False leaves out the folders and the
+    generators, generator_reports and samples tables.
     """
     from store.store import ZooStore
 
@@ -151,6 +204,11 @@ def pull(source: str, store_path: str | os.PathLike, *, tables: Iterable[str] | 
             raise UserError(f"{source} does not publish table(s) {missing}", f"choose among: {', '.join(available)}")
     wanted = [t for t in available if chosen is None or t in chosen]
     skipped: dict[str, str] = {}
+    if not generators:
+        for t in wanted:
+            if t in GENERATOR_TABLES:
+                skipped[t] = "generator table: pulled with the generators (leave out --no-generators)"
+        wanted = [t for t in wanted if t not in skipped]
     if not weights:
         for t in wanted:
             if TABLES[t].has_weights:
@@ -166,6 +224,7 @@ def pull(source: str, store_path: str | os.PathLike, *, tables: Iterable[str] | 
     meta = [t for t in wanted if not TABLES[t].has_weights]
     heavy = [t for t in wanted if TABLES[t].has_weights]
     store = None
+    placed: list[str] = []
     results: dict[str, dict] = {}
     for group in (meta, heavy):
         if not group:
@@ -177,6 +236,8 @@ def pull(source: str, store_path: str | os.PathLike, *, tables: Iterable[str] | 
                             "pull a dataset published with `wsl publish`")
         if store is None:
             store = ZooStore(store_path, create=not exists)
+        if "generators" in group and manifest is not None and manifest.get("generators"):
+            placed = _place_generators(fetch(["generators/*"]), manifest, store_path, str(source))
         for t in group:
             files = found[t]
             if manifest is not None and len(files) != len(manifest["tables"][t]["files"]):
@@ -186,8 +247,8 @@ def pull(source: str, store_path: str | os.PathLike, *, tables: Iterable[str] | 
             for f in files:
                 tbl = pq.read_table(f)
                 rows += tbl.num_rows
-                new += store.append(t, tbl)
+                new += store.append(t, _conform(store, t, tbl))
                 if progress is not None:
                     progress(tbl.num_rows, total_rows, t)
             results[t] = {"rows": rows, "new": new, "files": len(files)}
-    return PullReport(str(source), store_path, results, skipped)
+    return PullReport(str(source), store_path, results, skipped, placed)

@@ -3,8 +3,12 @@
     report = build_folder(store, "zoo-hub", where="lr > 0.01")   # what `wsl publish --dry-run zoo-hub` writes
 
     README.md                       dataset card (card.py): configs, license, tags, schema, summary
-    wsl-zoo.json                    manifest: schema version, every table's files, rows, columns
+    wsl-zoo.json                    manifest: schema version, every table's files, rows, columns,
+                                    every generator folder's files
     data/<table>/<table>-00000-of-00003.parquet      shards (shards.py)
+    generators/<generator_id>/      a generator's folder as saved (config.json, model.safetensors,
+                                    training_set.json, ...), its report/ (JSON + PNGs) when it has one,
+                                    and reports/<report_id>.json for every report the store recorded
 
 The folder appears whole or not at all: it is written next to its destination under a
 temporary name and renamed into place at the end.
@@ -48,11 +52,15 @@ class BuildReport:
 
     @property
     def files(self) -> list[str]:
-        return [CARD, MANIFEST] + [f for t in self.manifest["tables"].values() for f in t["files"]]
+        return ([CARD, MANIFEST] + [f for t in self.manifest["tables"].values() for f in t["files"]]
+                + [f for g in self.manifest.get("generators", {}).values() for f in g["files"]])
 
     def rows(self) -> list[dict]:
-        return [{"table": t, "rows": i["rows"], "files": len(i["files"]), "row_groups": i["row_groups"],
-                 "bytes": i["bytes"]} for t, i in self.manifest["tables"].items()]
+        out = [{"table": t, "rows": i["rows"], "files": len(i["files"]), "row_groups": i["row_groups"],
+                "bytes": i["bytes"]} for t, i in self.manifest["tables"].items()]
+        out += [{"table": g["folder"], "rows": "", "files": len(g["files"]), "row_groups": "", "bytes": g["bytes"]}
+                for g in self.manifest.get("generators", {}).values()]
+        return out
 
 
 def folder_size(folder: Path) -> tuple[int, int]:
@@ -68,6 +76,33 @@ def _version() -> str:
         return version("wsl-zoo")
     except Exception:  # noqa: BLE001 - running from a source tree
         return "unknown"
+
+
+GENERATORS = "generators"
+
+
+def _copy_generators(store, selection: Selection, folder: Path) -> dict[str, dict]:
+    """Each chosen generator's folder into generators/<id>/ (hidden files left out), plus the store's reports of it."""
+    out: dict[str, dict] = {}
+    for gid, src in sorted(selection.generators.items()):
+        dst = folder / GENERATORS / gid
+        for p in sorted(src.rglob("*")):
+            rel = p.relative_to(src)
+            if p.is_dir() or any(part.startswith(".") for part in rel.parts):
+                continue
+            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(p, dst / rel)
+        if store.count("generator_reports"):
+            reports = store.sql("SELECT report_id, report FROM generator_reports WHERE generator_id = $id ORDER BY report_id",
+                                {"id": gid})
+            for rid, text in zip(reports["report_id"], reports["report"]):
+                (dst / "reports").mkdir(parents=True, exist_ok=True)
+                (dst / "reports" / f"{rid}.json").write_text(text + "\n")
+        files = sorted(p.relative_to(folder).as_posix() for p in dst.rglob("*") if p.is_file())
+        out[gid] = {"folder": f"{GENERATORS}/{gid}", "files": files,
+                    "bytes": sum((folder / f).stat().st_size for f in files)}
+        log.info("copied generator %s: %d files", gid, len(files))
+    return out
 
 
 def _fill_folder(store, selection: Selection, folder: Path, repo_id: str | None, license: str,
@@ -104,6 +139,7 @@ def _fill_folder(store, selection: Selection, folder: Path, repo_id: str | None,
         "limits": {"row_group_bytes": row_group_bytes, "file_bytes": file_bytes,
                    "max_files_per_folder": max_files_per_folder},
         "tables": tables,
+        "generators": _copy_generators(store, selection, folder),
     }
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     summary = summarize(folder, manifest)
@@ -115,7 +151,7 @@ def build_folder(store, out: str | os.PathLike, *, repo_id: str | None = None, w
                  tables: Iterable[str] | str | None = None, license: str = DEFAULT_LICENSE,
                  row_group_bytes: int = ROW_GROUP_BYTES, file_bytes: int = FILE_BYTES,
                  max_files_per_folder: int = MAX_FILES_PER_FOLDER, selection: Selection | None = None,
-                 progress: Progress | None = None) -> BuildReport:
+                 progress: Progress | None = None, generators: str | None = None) -> BuildReport:
     """Write the dataset repo's folder to `out` (new or empty): what `wsl publish --dry-run DIR` does.
 
     The folder appears whole or not at all: it is written next to `out` under
@@ -127,7 +163,7 @@ def build_folder(store, out: str | os.PathLike, *, repo_id: str | None = None, w
     license = check_license(license)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"{out} exists and is not an empty directory", "give a new directory for the dataset folder")
-    selection = selection or select(store, where, tables)
+    selection = selection or select(store, where, tables, generators)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".tmp-{out.name}-{os.getpid()}-{secrets.token_hex(4)}"
     tmp.mkdir()

@@ -6,6 +6,7 @@ The weights column is never read.
 """
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any, Mapping
@@ -26,6 +27,37 @@ def _fmt_values(values: list, n: int, lo: Any, hi: Any) -> str:
         return ", ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in values)
     fmt = (lambda v: f"{v:.4g}") if isinstance(lo, float) else str
     return f"{n} values in [{fmt(lo)}, {fmt(hi)}]"
+
+
+def _headline(report_json: str | None) -> dict[str, float]:
+    """generated / zoo mean accuracy on seen and unseen conditions, from a report's summary."""
+    try:
+        summary = json.loads(report_json).get("summary", {}) if report_json else {}
+    except (ValueError, AttributeError):
+        return {}
+    out = {}
+    for group in ("seen", "unseen"):
+        g = summary.get(group) or {}
+        for key in ("generated_mean_acc", "zoo_mean_acc"):
+            if isinstance(g.get(key), (int, float)):
+                out[f"{group}_{key}"] = float(g[key])
+    return out
+
+
+def _generators(q, cols, tables) -> list[dict[str, Any]]:
+    """One entry per published generator: what it is, what it was fit on, its first report's headline numbers."""
+    have = cols("generators")
+    pick = [c for c in ("generator_id", "method", "layout_id", "zoo", "num_train", "train_digest", "protocol", "report")
+            if c in have]
+    rows = [dict(zip(pick, r)) for r in q(f"SELECT {', '.join(pick)} FROM generators ORDER BY generator_id")]
+    reports: dict[str, str] = {}
+    if "generator_reports" in tables:
+        for gid, text in q("SELECT generator_id, first(report ORDER BY report_id) FROM generator_reports GROUP BY 1"):
+            reports[gid] = text
+    for r in rows:
+        r["headline"] = _headline(reports.get(r["generator_id"]) or r.pop("report", None))
+        r.pop("report", None)
+    return rows
 
 
 def summarize(folder: str | os.PathLike, manifest: Mapping[str, Any]) -> dict:
@@ -77,6 +109,8 @@ def summarize(folder: str | os.PathLike, manifest: Mapping[str, Any]) -> dict:
             out["accuracy"] = acc
         if "landscape" in tables:
             out["phases"] = q("SELECT coalesce(phase, '(none)'), count(*) FROM landscape GROUP BY 1 ORDER BY 1")
+        if "generators" in tables:
+            out["generators"] = _generators(q, cols, tables)
     finally:
         con.close()
     return out

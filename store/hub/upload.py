@@ -24,7 +24,7 @@ from typing import Any, Iterable
 from store.errors import UserError
 from store.hub import credentials
 from store.hub.credentials import check_license, check_repo_id, hub_endpoint, hub_error
-from store.hub.folder import CARD, DEFAULT_LICENSE, MANIFEST, BuildReport, build_folder, folder_size
+from store.hub.folder import DEFAULT_LICENSE, GENERATORS, MANIFEST, BuildReport, build_folder, folder_size
 from store.hub.selection import select
 from store.hub.shards import DATA, FILE_BYTES, MAX_FILES_PER_FOLDER, ROW_GROUP_BYTES, Progress
 
@@ -118,8 +118,11 @@ def publish(store, repo_id: str | None, *, where: str | None = None, tables: Ite
             api: Any = None, large_folder_bytes: int = LARGE_FOLDER_BYTES, large_folder_files: int = LARGE_FOLDER_FILES,
             row_group_bytes: int = ROW_GROUP_BYTES, file_bytes: int = FILE_BYTES,
             max_files_per_folder: int = MAX_FILES_PER_FOLDER, staging_dir: str | os.PathLike | None = None,
-            progress: Progress | None = None) -> PublishReport:
+            progress: Progress | None = None, generators: str | None = None) -> PublishReport:
     """Publish the selected part of `store` as the dataset repo `repo_id` (or only write it, with dry_run=DIR).
+
+    generators: which generators go along (selection.choose_generators): None = those
+    fit on the selected models, "none", or a SQL condition over the generators table.
 
     `api` is injectable (tests pass a fake that records calls); by default an `HfApi`
     for $HF_ENDPOINT (credentials.make_api).
@@ -128,7 +131,8 @@ def publish(store, repo_id: str | None, *, where: str | None = None, tables: Ite
                   progress=progress)
     license = check_license(license)
     if dry_run is not None:
-        report = build_folder(store, dry_run, repo_id=repo_id, where=where, tables=tables, license=license, **limits)
+        report = build_folder(store, dry_run, repo_id=repo_id, where=where, tables=tables, license=license,
+                              generators=generators, **limits)
         size, nfiles = folder_size(report.folder)
         return PublishReport(report.manifest.get("repo_id"), None, False, None, report, size, nfiles)
     if repo_id is None:
@@ -137,7 +141,7 @@ def publish(store, repo_id: str | None, *, where: str | None = None, tables: Ite
     token = credentials.require_upload_credentials(api, "publishing",
                                                    ", or use --dry-run DIR to write the folder without uploading")
     endpoint = hub_endpoint()
-    selection = select(store, where, tables)  # an empty selection fails here, before anything is sent
+    selection = select(store, where, tables, generators)  # an empty selection fails here, before anything is sent
     if api is None:
         api = credentials.make_api(endpoint)
     url = create_repo(api, repo_id, "dataset", private, endpoint, token)
@@ -149,7 +153,7 @@ def publish(store, repo_id: str | None, *, where: str | None = None, tables: Ite
             api, repo_id, "dataset", report.folder,
             message=f"wsl publish: {n_models} models, tables {', '.join(report.manifest['tables'])}",
             description=f"Selection: models WHERE {selection.where}" if selection.where else "The whole store.",
-            delete_patterns=[f"{DATA}/*", MANIFEST], private=private, endpoint=endpoint, token=token,
+            delete_patterns=[f"{DATA}/*", f"{GENERATORS}/*", MANIFEST], private=private, endpoint=endpoint, token=token,
             what="this zoo", large_folder_bytes=large_folder_bytes, large_folder_files=large_folder_files)
     log.info("published %s (%s)", repo_id, method)
     return PublishReport(repo_id, url, True, method, report, size, nfiles)
