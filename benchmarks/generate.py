@@ -198,15 +198,14 @@ def main() -> None:
     if args.ae_steps is not None:
         config["ae_steps"] = args.ae_steps
     t0 = time.perf_counter()
-    protocol = resolve("digits-pairs", store)
-    where, params = protocol.seen_filter()
-    gen = LatentDiffusion.fit(store, where, params=params, last=True, metric="test_acc", **config)
+    resolution = resolve("digits-pairs", store)
+    gen = LatentDiffusion.fit(store, None, protocol=resolution.split(), metric="test_acc", **config)  # last checkpoints, seen tasks
     t_fit = time.perf_counter() - t0
     gen.save_pretrained(args.out)
     print(f"fit on {gen.fit_info['num_train']} checkpoints / {len(gen.fit_info['conditions'])} tasks in {t_fit:.1f}s "
           f"(ridge LOO explained {gen.fit_info['ridge_loo_explained']:.3f})", flush=True)
 
-    seen, held = list(protocol.seen), list(protocol.held_out)
+    seen, held = list(resolution.seen), list(resolution.held_out)
     t0 = time.perf_counter()
     rep = evaluate_generator(gen, seen + held, store=store, n=args.n, seed=args.seed, target={"test_acc": 1.0},
                              select=args.select)

@@ -16,7 +16,7 @@ from typing import Any, Callable
 from generators.evaluation.baselines import KINDS as BASELINES
 from generators.diffusion import LatentDiffusion
 from generators.protocols import check_held_out_unseen, resolve
-from generators.evaluation.records import record
+from generators.evaluation.records import keep, record
 from generators.evaluation.report import evaluate_generator
 from wsl.evaluate import evaluate
 from zoo.datasets import load_dataset
@@ -40,13 +40,13 @@ def run(store, out: str | Path, held_out: str = "digits-pair:0-2", seen: str = "
 
     out = Path(out)
     t0 = time.perf_counter()
-    # the seen tasks' last checkpoints of the zoo; the zoo's name travels as a bound parameter
-    resolution = resolve("digits-pairs", store, "zoo = $zoo", {"zoo": zoo})
-    where, params = resolution.seen_filter("zoo = $zoo", {"zoo": zoo})
-    gen = LatentDiffusion.fit(store, where, params=params, last=True, metric="test_acc", progress=progress,
-                              **(FAST if fast else {}))
+    # the seen tasks' last checkpoints of the zoo (the zoo's name and the task lists travel as bound parameters);
+    # the generator records the protocol's held-out tasks with the exact checkpoints it was fit on
+    split = resolve("digits-pairs", store, "zoo = $zoo", {"zoo": zoo}).split()
+    gen = LatentDiffusion.fit(store, "zoo = $zoo", params={"zoo": zoo}, last=True, protocol=split, metric="test_acc",
+                              progress=progress, **(FAST if fast else {}))
     check_held_out_unseen([held_out], gen.fit_info, f"generator {gen.generator_id}")
-    gen.save_pretrained(out)
+    keep(store, gen, out)  # the folder, then its generators row (what it was fit on)
     emit(f"generator {gen.generator_id}: latent diffusion fit on {gen.fit_info['num_train']} checkpoints of "
          f"{len(gen.fit_info['conditions'])} seen tasks in {time.perf_counter() - t0:.0f}s -> {out}")
     t1 = time.perf_counter()

@@ -35,6 +35,7 @@ import hashlib
 import json
 import math
 import os
+import time
 from pathlib import Path
 from typing import Any, ClassVar, Mapping, Sequence
 
@@ -65,6 +66,8 @@ class WeightGenerator:
         self.layout: ParamLayout | None = None
         self.fit_info: dict[str, Any] = {}
         self.generator_id: str | None = None
+        self.training: dict[str, Any] = {}  # what it was fit on (training_set.py provenance; training_set.json)
+        self.source: str | None = None  # where it was loaded from (a folder, or hf://ORG/NAME@commit)
 
     # ----- config ---------------------------------------------------------------
     @classmethod
@@ -109,13 +112,18 @@ class WeightGenerator:
         whose stored weights fail their integrity check are left out (store.skipped_rows).
         """
         gen = cls(**config)
+        t0 = time.perf_counter()
         ts = select(store, where, params=params, last=last, protocol=protocol, metric=metric, skip_damaged=skip_damaged)
         if align_by is not None and align_by not in ts.meta.columns:
             raise UserError(f"align_by column {align_by!r} is not a column of checkpoints/models",
                             "use e.g. 'seed', or None to skip alignment")
         gen.fit_training_set(ts, metric=metric, align_by=align_by, progress=progress)
         gen.fit_info.update({"align_by": align_by, "where": ts.where, "params": dict(params or {}), "last": ts.last,
-                             "store": str(getattr(store, "path", store))})
+                             "train_digest": ts.digest, "store": str(getattr(store, "path", store))})
+        if protocol is not None:  # which tasks it saw and which it held out (protocols.check_held_out_unseen)
+            gen.fit_info["protocol"] = protocol.record()
+        gen.training = {**ts.provenance(), "metric": metric, "align_by": align_by,
+                        "fit_seconds": round(time.perf_counter() - t0, 3), "versions": library_versions()}
         gen.generator_id = gen._compute_id()
         return gen
 
@@ -171,7 +179,11 @@ class WeightGenerator:
             group_index = torch.tensor([labels.index(g) for g in groups])
         self.layout = layout
         self.fit_info = {"groups": labels if len(labels) > 1 else []}
+        t0 = time.perf_counter()
         self._fit(weights, datasets, torch.tensor(index), metrics, group_index, progress)
+        self.training = {"checkpoint_ids": [], "num_train": n, "digest": None, "layout_ids": [layout.layout_id],
+                         "datasets": sorted({d.name for d in datasets}), "metric": ",".join(sorted(metrics)) or None,
+                         "fit_seconds": round(time.perf_counter() - t0, 3), "versions": library_versions()}
         per: dict[str, int] = {}
         for i, ds in enumerate(datasets):
             per[ds.name] = per.get(ds.name, 0) + index.count(i)
@@ -194,7 +206,11 @@ class WeightGenerator:
         ds_list, _ = _distinct_datasets([as_condition(c) for c in datasets])
         self.layout = layout
         self.fit_info = {}
+        t0 = time.perf_counter()
         self._fit_tasks(layout, ds_list, progress)
+        self.training = {"checkpoint_ids": [], "num_train": 0, "digest": None, "layout_ids": [layout.layout_id],
+                         "datasets": sorted({d.name for d in ds_list}),
+                         "fit_seconds": round(time.perf_counter() - t0, 3), "versions": library_versions()}
         self.fit_info = {"num_train": 0, "conditions": {d.name: 0 for d in ds_list}, "metrics": [],
                          "input_shape": list(ds_list[0].input_shape), "num_classes": int(ds_list[0].num_classes),
                          "task": ds_list[0].task, **self.fit_info}
@@ -299,6 +315,20 @@ class WeightGenerator:
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(id={self.generator_id}, layout={self.layout.layout_id if self.layout else None}, "
                 f"trained on {self.fit_info.get('num_train', 0)} models / {len(self.fit_info.get('conditions', {}))} datasets)")
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of what a fit depends on, recorded with it (training_set.json, the generators row)."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for name in ("wsl-zoo", "torch", "diffusers", "safetensors", "numpy"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "not installed"
+    return out
 
 
 def _distinct_datasets(conds: Sequence[Condition]) -> tuple[list[Dataset], list[int]]:

@@ -129,6 +129,19 @@ class Protocol:
             d["description"] = self.description
         return d
 
+    def to_inline(self) -> str:
+        """The `--protocol` argument that parses back to this protocol (a built-in: just its name)."""
+        if BUILTINS.get(self.name) == self:
+            return self.name
+        parts = [f"name={self.name}", f"pattern={self.pattern}"]
+        if self.is_random_split:
+            parts += [f"split-seed={self.split_seed}", f"held-out={self.held_out}"]
+        else:
+            parts.append("held-out=" + "|".join(self.held_out))
+        if self.description:
+            parts.append(f"description={self.description}")
+        return ",".join(parts)
+
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], source: str = "protocol") -> "Protocol":
         if not isinstance(d, Mapping):
@@ -292,6 +305,12 @@ class Resolution:
     def to_dict(self) -> dict[str, Any]:
         """The record a fitted generator keeps: the protocol and the tasks on each side."""
         return {"protocol": self.protocol.to_dict(), "seen": list(self.seen), "held_out": list(self.held_out)}
+
+    def split(self):
+        """The split as a fit takes it (`WeightGenerator.fit(..., protocol=resolution.split())`)."""
+        from generators.training_set import Split
+
+        return Split(self.protocol.name, self.seen, self.held_out, spec=self.protocol.to_dict())
 
 
 def _task_filter(where, params, name, tasks) -> tuple[str, dict[str, Any]]:

@@ -42,6 +42,12 @@ class Split:
     name: str
     seen: tuple[str, ...]
     held_out: tuple[str, ...]
+    spec: Mapping[str, Any] | None = None  # the protocol as data (generators/protocols.py Protocol.to_dict())
+
+    def record(self) -> dict[str, Any]:
+        """What a fitted generator keeps in fit_info["protocol"] (read by protocols.check_held_out_unseen)."""
+        return {"protocol": dict(self.spec) if self.spec else {"name": self.name},
+                "seen": list(self.seen), "held_out": list(self.held_out)}
 
     def __post_init__(self):
         object.__setattr__(self, "seen", tuple(self.seen))

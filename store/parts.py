@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import inspect
 import os
 import secrets
 import time
@@ -158,18 +159,39 @@ def split_by_bytes(sizes: np.ndarray, limit: int) -> list[tuple[int, int]]:
     return out
 
 
-def _writer_options(schema: pa.Schema) -> dict:
+def writer_options(schema: pa.Schema) -> dict:
+    """The one Parquet writer policy: the store's parts and the Hub's shards (store/hub/shards.py) both use it.
+
+    - binary columns (the weights, any other BLOB): PLAIN, no dictionary, no
+      compression, no statistics. Weights are noise to a compressor, and this is the
+      layout store/fastread.py reads with one copy per cell;
+    - every other column: dictionary + zstd, with statistics (what filters prune on);
+    - a page index and page checksums (readers skip pages by min/max; a flipped bit
+      is an error, not a wrong value), the Arrow schema stored (types round-trip);
+    - content-defined chunking where the installed pyarrow has it: page boundaries
+      follow the content, so a grown zoo re-published (or a store uploaded as it is)
+      re-uploads only the pages that changed (the Hub's Xet storage deduplicates
+      pages).
+    Row groups and files are cut by bytes by the callers (ROW_GROUP_BYTES, PART_BYTES).
+    """
     names = schema.names
-    meta_cols = [c for c in names if c != WEIGHTS]
-    return dict(
-        # weights are noise to a compressor: store them plain so reads are a memcpy
-        compression={c: ("none" if c == WEIGHTS else "zstd") for c in names},
-        use_dictionary=[c for c in meta_cols if not pa.types.is_binary(schema.field(c).type)],
-        column_encoding={WEIGHTS: "PLAIN"} if WEIGHTS in names else None,
-        write_statistics=meta_cols,
+    binary = [c for c in names if pa.types.is_binary(schema.field(c).type) or pa.types.is_large_binary(schema.field(c).type)]
+    other = [c for c in names if c not in binary]
+    opts = dict(
+        compression={c: ("none" if c in binary else "zstd") for c in names},
+        use_dictionary=other,
+        column_encoding={c: "PLAIN" for c in binary} or None,
+        write_statistics=other,
+        write_page_index=True,
         write_page_checksum=True,
         store_schema=True,
     )
+    if _HAS_CDC:
+        opts["use_content_defined_chunking"] = True
+    return opts
+
+
+_HAS_CDC = "use_content_defined_chunking" in inspect.signature(pq.ParquetWriter.__init__).parameters
 
 
 def _weights_required(table: pa.Table) -> pa.Table:
@@ -223,7 +245,7 @@ def write_parts(folder: Path, table: pa.Table, row_group_bytes: int = ROW_GROUP_
             groups = split_by_bytes(sizes[start:stop], row_group_bytes) if stop > start else [(0, 0)]
             with open(tmp, "wb") as fh:
                 temps.append((tmp, folder / name))
-                with pq.ParquetWriter(fh, sub.schema, **_writer_options(sub.schema)) as w:
+                with pq.ParquetWriter(fh, sub.schema, **writer_options(sub.schema)) as w:
                     for gs, ge in groups:
                         chunk = sub.slice(gs, ge - gs)
                         w.write_table(chunk, row_group_size=max(1, chunk.num_rows))

@@ -141,9 +141,19 @@ TABLES: dict[str, Table] = {t.name: t for t in [
         ("fit_where", pa.string()),  # the SQL filter it was fit on
         ("num_train", pa.int64()),
         ("config", pa.string()),  # JSON
-        ("path", pa.string()),  # save_pretrained directory
-        ("report", pa.string()),  # JSON of its first evaluation report (every report: generator_reports)
-    ), doc="one row per fitted generator"),
+        ("path", pa.string()),  # its save_pretrained folder: relative to the store (generators/<id>), absolute, or hf://
+        ("report", pa.string()),  # JSON of the report it was first recorded with, if any (every report: generator_reports)
+        ("layout_ids", pa.string()),  # JSON list: every layout it generates (one, or several for multi-layout methods)
+        ("zoo", pa.string()),  # zoo(s) of its training checkpoints, comma-separated
+        ("fit_params", pa.string()),  # JSON: bound values of the filter's $placeholders
+        ("checkpoint_ids", pa.string()),  # JSON list: the exact checkpoints it was fit on
+        ("train_digest", pa.string()),  # sha256 of "checkpoint_id<TAB>sha256" lines sorted by id
+        ("fit_datasets", pa.string()),  # JSON list of the datasets (conditions) it was fit on
+        ("protocol", pa.string()),  # unseen-dataset protocol it was fit under, if any
+        ("held_out", pa.string()),  # JSON list: that protocol's held-out tasks (never fit on)
+        ("fit_seconds", pa.float64()),
+        ("versions", pa.string()),  # JSON: library versions at fit time
+    ), doc="one row per fitted generator, written when it is fit (or first recorded in this store)"),
     Table("generator_reports", ("generator_id", "report_id"), (
         ("generator_id", pa.string()),
         ("report_id", pa.string()),  # hash of the report JSON: re-recording the same report is a no-op

@@ -124,7 +124,7 @@ def test_publish_with_a_fake_hub_prints_the_url_and_never_the_token(run_cli, zoo
     monkeypatch.setenv("HF_TOKEN", SENTINEL)
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     api = FakeApi()
-    monkeypatch.setattr(hub, "_make_api", lambda endpoint: api)
+    monkeypatch.setattr(hub.credentials, "make_api", lambda endpoint: api)
     code, out, err = run_cli("publish", "--store", zoo_path, "--repo-id", "lab/zoo", "--private")
     assert code == 0, err
     assert "published lab/zoo: https://hub.example/datasets/lab/zoo" in out
@@ -139,7 +139,7 @@ def test_publish_failure_exits_2_and_does_not_say_published(run_cli, zoo_path, m
     monkeypatch.setenv("HF_TOKEN", SENTINEL)
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     api = FakeApi(fail_upload=OSError(f"connection reset while sending with token={SENTINEL}"))
-    monkeypatch.setattr(hub, "_make_api", lambda endpoint: api)
+    monkeypatch.setattr(hub.credentials, "make_api", lambda endpoint: api)
     code, out, err = run_cli("publish", "--store", zoo_path, "--repo-id", "lab/zoo")
     assert code == 2 and "NOT published" in err and "published lab/zoo" not in out
     assert SENTINEL not in out + err

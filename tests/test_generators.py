@@ -99,7 +99,7 @@ def test_dataset_object_and_target_metric(fitted):
 
 def test_save_load_round_trip(fitted, tmp_path):
     d = fitted.save_pretrained(tmp_path / "gen")
-    assert sorted(p.name for p in d.iterdir()) == ["config.json", "model.safetensors", "scheduler"]
+    assert sorted(p.name for p in d.iterdir()) == ["config.json", "model.safetensors", "scheduler", "training_set.json"]
     cfg = json.loads((d / "config.json").read_text())
     assert cfg["method"] == "diffusion" and cfg["layout_id"] == fitted.layout.layout_id
     assert json.loads((d / "scheduler" / "scheduler_config.json").read_text())["_class_name"] == "DDPMScheduler"

@@ -588,3 +588,39 @@ def test_pull_reports_a_missing_repo_without_the_token(tmp_path, monkeypatch):
         hub.pull("lab/none", tmp_path / "s", download=download)
     _no_sentinel(str(e.value), str(e.value.__context__), str(e.value.__cause__))
     assert not (tmp_path / "s").exists()
+
+
+# ----- one Parquet writer policy ---------------------------------------------------------------------
+def _policy_of(path: Path) -> dict:
+    """How a Parquet file's column chunks were written: compression, dictionary, statistics, page index, per column."""
+    md = pq.ParquetFile(path).metadata
+    names = md.schema.names
+    seen: dict = {}
+    for g in range(md.num_row_groups):
+        rg = md.row_group(g)
+        for i in range(rg.num_columns):
+            c = rg.column(i)
+            got = (c.compression, "RLE_DICTIONARY" in c.encodings or "PLAIN_DICTIONARY" in c.encodings,
+                   c.is_stats_set, c.has_offset_index)
+            assert seen.setdefault(names[i], got) == got, (path, names[i])
+    return seen
+
+
+def test_store_parts_and_hub_shards_follow_one_writer_policy(zoo, folder):
+    from store import parts
+
+    part = zoo.part_files("checkpoints")[0]
+    shard = folder / "data" / "checkpoints" / "checkpoints-00000-of-00001.parquet"
+    for path in (part, shard):
+        policy = _policy_of(path)
+        # the weights: plain bytes, no dictionary, no statistics (store/fastread.py reads them with one copy)
+        assert policy["weights"] == ("UNCOMPRESSED", False, False, True), path
+        for col in ("checkpoint_id", "model_id", "test_acc", "sha256"):  # metadata: zstd, dictionary, statistics
+            assert policy[col] == ("ZSTD", True, True, True), (path, col)
+    assert _policy_of(part) == _policy_of(shard)
+    schema = pq.read_schema(shard)
+    w = hub.ShardWriter(folder.parent / "x", "checkpoints", schema)
+    assert w._opts == parts.writer_options(schema)  # the shards ask the store's function, not a copy of it
+    from store import fastread
+
+    assert fastread.cell_index(str(shard)) is not None and fastread.cell_index(str(part)) is not None

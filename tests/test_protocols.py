@@ -201,3 +201,10 @@ def test_seen_task_cannot_be_evaluated_as_held_out(store):
     with pytest.raises(UserError, match="cannot be evaluated as held out"):
         check_held_out_unseen(["digits-subset:3"], {"protocol": r.to_dict()})
     assert tasks_seen_by({}) == set()
+
+
+@pytest.mark.parametrize("arg", ["digits-subsets", "pattern=digits-pair:*,split-seed=3,held-out=10",
+                                 "name=two,pattern=digits-pair:*,held-out=digits-pair:0-2|digits-pair:4-9"])
+def test_to_inline_parses_back_to_the_same_protocol(arg):
+    p = parse_protocol(arg)
+    assert parse_protocol(p.to_inline()) == p

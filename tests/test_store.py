@@ -310,8 +310,9 @@ def test_docs_example_queries_run(store):
     store.append("landscape", [dict(model_id=f"m{i}", epoch=2, recipe_id="r1", hessian_top_eig=1.0, hessian_trace=2.0,
                                     mode_connectivity=0.0, cka_logits=0.9, cka_hidden=0.9, train_loss=0.1, train_acc=0.9,
                                     phase=["IV-B", "III"][i % 2], thresholds="{}", recipe="{}") for i in range(6)])
-    store.append("generators", [dict(generator_id="g1", method="diffusion", layout_id=LAYOUT.layout_id, fit_where="true",
-                                     num_train=18, config="{}", path="/tmp/g1", report="{}")])
+    store.append("generators", [dict(dict.fromkeys(TABLES["generators"].column_names), generator_id="g1", method="diffusion",
+                                     layout_id=LAYOUT.layout_id, fit_where="true", num_train=18, config="{}",
+                                     path="/tmp/g1", report="{}")])
     store.append_weights("samples", torch.randn(2, LAYOUT.num_params), [dict(
         sample_id=f"s{i}", generator_id="g1", kind="generated", condition="digits", dataset_id="digits-0", seed=0, idx=i,
         test_loss=0.5, test_acc=0.8, nn_l2=1.0) for i in range(2)], LAYOUT)

@@ -2,7 +2,7 @@
 
     ref, ids = zoo_checkpoints(store, "digits-pair:0-2", layout_id)   # the zoo's models for that dataset
     check_store_layout(store, gen, "digits-pair:0-2")                  # the store's zoo has the generator's layout
-    tw = training_weights(store, gen)                                 # its training checkpoints, stored + aligned
+    tw = training_weights(store, gen)        # its training checkpoints by recorded id, stored + aligned
 
 Every query runs over the pool of store/filters.py with our values bound as parameters.
 """
@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from generators.interface import WeightGenerator
-from generators.training_set import last_finished, select
+from generators.training_set import from_ids, last_finished
 from store import filters
 from store.errors import UserError
 
@@ -53,19 +53,39 @@ def check_store_layout(store, gen: WeightGenerator, dataset: str) -> None:
 
 
 def training_weights(store, gen: WeightGenerator) -> torch.Tensor | None:
-    """The generator's training checkpoints as stored and as aligned ([2N, P]), re-selected from the store."""
-    if store is None or "where" not in gen.fit_info and "last" not in gen.fit_info:
+    """The generator's training checkpoints, read by their recorded ids, as stored and as aligned ([2N, P]).
+
+    None when there is nothing to compare with: no store, a generator without recorded
+    ids (fit from tensors, or saved before ids were recorded), or a store that holds none
+    of them. A store holding only some of them, or other weights under those ids, is a
+    UserError (training_set.from_ids): a distance to part of a training set is wrong.
+    """
+    ids = (gen.training or {}).get("checkpoint_ids") or []
+    if store is None or not ids:
         return None
     from generators.components.symmetry import align_groups
 
-    try:
-        ts = select(store, gen.fit_info.get("where"), params=gen.fit_info.get("params"), last=gen.fit_info.get("last"))
-        w, layout, meta = ts.single()
-    except UserError:
+    ts = from_ids(store, ids, (gen.training or {}).get("digest"), what=f"generator {gen.generator_id}")
+    if ts is None:
         return None
+    w, layout, meta = ts.single()
     if layout.layout_id != gen.layout.layout_id:
-        return None
-    align_by = gen.fit_info.get("align_by")
+        raise UserError(f"generator {gen.generator_id} makes layout {gen.layout.layout_id}, its recorded training "
+                        f"checkpoints in store {store.path} have layout {layout.layout_id}",
+                        "use the store it was fit on")
+    align_by = (gen.training or {}).get("align_by", gen.fit_info.get("align_by"))
     if align_by and align_by in meta.columns:
         return torch.cat([w, align_groups(w, layout, list(meta[align_by]))])
     return w
+
+
+def training_set_status(store, gen: WeightGenerator) -> str:
+    """'in store', 'not recorded' or 'not in store': what a report or sample can say about NN-L2."""
+    ids = (gen.training or {}).get("checkpoint_ids") or []
+    if not ids:
+        return "not recorded"
+    if store is None or not store.count("checkpoints"):
+        return "not in store"
+    p: dict[str, Any] = {}
+    q = f"SELECT count(*) AS n FROM checkpoints WHERE {filters.in_list('checkpoint_id', 'wsl_ids', ids, p)}"
+    return "in store" if int(store.sql(q, p)["n"][0]) else "not in store"

@@ -33,7 +33,8 @@ from generators.conditions import Condition, as_condition, check_n, resolve_data
 from generators.evaluation import baselines as bl
 from generators.evaluation.finetune import STEPS, finetune_curve, random_init
 from generators.evaluation.novelty import iou_stats, l2_stats, nearest_l2, wrong_sets
-from generators.evaluation.references import check_store_layout, training_weights, zoo_checkpoints
+from generators.evaluation.references import (check_store_layout, training_set_status, training_weights,
+                                              zoo_checkpoints)
 from generators.interface import WeightGenerator
 from store import filters
 from store.errors import UserError
@@ -78,6 +79,7 @@ class Report:
     conditions: list[ConditionReport]
     seconds: dict[str, float] = field(default_factory=dict)
     select: int = 1  # generated models: the best n of select*n by training-split loss (1 = every sample)
+    training_set: str = "in store"  # NN-L2 needs it: "in store", "not in store" or "not recorded"
 
     def summary(self) -> dict[str, Any]:
         """Mean over conditions of each kind's mean accuracy (and novelty), split into seen and unseen."""
@@ -108,7 +110,8 @@ class Report:
 
     def to_dict(self, timings: bool = True) -> dict[str, Any]:
         d = {"generator_id": self.generator_id, "method": self.method, "layout_id": self.layout_id, "n": self.n,
-             "seed": self.seed, "target": self.target, "select": self.select, "summary": self.summary(),
+             "seed": self.seed, "target": self.target, "select": self.select, "training_set": self.training_set,
+             "summary": self.summary(),
              "conditions": [c.to_dict() for c in self.conditions]}
         if timings:
             d["seconds"] = self.seconds
@@ -221,7 +224,7 @@ def evaluate_generator(gen: WeightGenerator, conditions: Sequence[str | Dataset 
         if progress:
             progress(1, info=out[-1].condition)
     return Report(gen.generator_id, gen.method, layout.layout_id, n, seed, dict(target) if target else None, out,
-                  {"total": time.perf_counter() - t0}, select)
+                  {"total": time.perf_counter() - t0}, select, training_set_status(store, gen))
 
 
 def default_conditions(store, gen: WeightGenerator) -> list[str]:

@@ -20,127 +20,8 @@ from __future__ import annotations
 import json
 from typing import Any, Mapping, Sequence
 
+from store.hub.columns import column_doc
 from store.schema import TABLES
-
-# What each contract column holds (docs for the card; store/schema.py is the source of the names and types).
-COLUMN_DOCS: dict[str, dict[str, str]] = {
-    "models": {
-        "model_id": "deterministic key: hash of zoo + hyperparameters + seed",
-        "zoo": "name of the zoo (population) the model belongs to",
-        "architecture": "architecture family (mlp, cnn2d, cnn1d, transformer, siren, ...)",
-        "arch_config": "JSON of the full architecture config (rebuilds the module)",
-        "layout_id": "how the flat weight vector maps to named tensors (see the layouts table)",
-        "dataset": "dataset / task the model was trained on, e.g. digits-pair:3-5",
-        "dataset_id": "key into the datasets table (name + split seed)",
-        "task": "classification or regression",
-        "width": "hidden width",
-        "depth": "number of hidden layers / blocks",
-        "optimizer": "sgd, adam, adamw, ...",
-        "lr": "learning rate",
-        "momentum": "momentum (SGD) or beta1",
-        "weight_decay": "weight decay",
-        "batch_size": "training batch size",
-        "epochs": "epochs trained",
-        "schedule": "learning-rate schedule",
-        "seed": "initialisation / data-order seed",
-        "status": "done, or diverged",
-        "hparams": "JSON of every hyperparameter (each also has its own column)",
-    },
-    "checkpoints": {
-        "checkpoint_id": "key: {model_id}-e{epoch:04d} for epoch checkpoints",
-        "model_id": "the model (models table)",
-        "epoch": "epoch of this checkpoint",
-        "step": "optimizer steps taken",
-        "train_loss": "training loss at this checkpoint",
-        "train_acc": "training accuracy",
-        "test_loss": "test loss",
-        "test_acc": "test accuracy",
-    },
-    "optimizer_states": {
-        "checkpoint_id": "the checkpoint this state belongs to",
-        "model_id": "the model",
-        "epoch": "epoch",
-        "state_json": "optimizer scalars (step counters, rng state) as JSON",
-    },
-    "layouts": {
-        "layout_id": "key: content hash of the layout",
-        "architecture": "architecture family",
-        "num_params": "parameters per weight vector (P)",
-        "layout_json": 'JSON {"params": [[name, shape], ...], "dtype": ..., "arch": {...}}: tensors in order, '
-                       "each taking prod(shape) consecutive values of the flat vector",
-    },
-    "datasets": {
-        "dataset_id": "key: name + split seed",
-        "name": "registry name",
-        "task": "classification or regression",
-        "num_classes": "classes (classification)",
-        "input_shape": "JSON list: shape of one input",
-        "output_dim": "model outputs",
-        "n_train": "training examples",
-        "n_test": "test examples",
-        "seed": "split seed",
-        "meta": "JSON: anything else about the dataset",
-    },
-    "landscape": {
-        "model_id": "the model",
-        "epoch": "checkpoint epoch the metrics were measured at",
-        "recipe_id": "hash of the recipe JSON",
-        "hessian_top_eig": "top Hessian eigenvalue (power iteration)",
-        "hessian_trace": "Hessian trace (Hutchinson, Rademacher probes)",
-        "mode_connectivity": "mc = (L0+L1)/2 - L(t*) on a Bezier curve to another seed's model; negative = barrier",
-        "cka_logits": "minibatch CKA of the logits against the other seed's model",
-        "cka_hidden": "minibatch CKA of the last hidden layer",
-        "train_loss": "training loss used by the phase rule",
-        "train_acc": "training accuracy",
-        "phase": "Yang et al. (2021) phase: I, II, III, IV-A, IV-B",
-        "thresholds": "JSON of the phase thresholds used",
-        "recipe": "JSON: split, batches, batch size, probes, iterations, curve settings, seeds",
-    },
-    "evaluations": {
-        "checkpoint_id": "the checkpoint evaluated",
-        "model_id": "its model",
-        "dataset": "dataset name it was evaluated on",
-        "dataset_id": "key into datasets",
-        "split": "train or test",
-        "loss": "loss",
-        "accuracy": "accuracy",
-    },
-    "generators": {
-        "generator_id": "key",
-        "method": "diffusion, vqar or hyper",
-        "layout_id": "layout of the weights it generates",
-        "fit_where": "SQL filter of the checkpoints it was fit on",
-        "num_train": "training weight vectors",
-        "config": "JSON config",
-        "path": "where its save_pretrained directory was (on the publisher's machine)",
-        "report": "JSON of its first evaluation report (all of them: generator_reports)",
-    },
-    "generator_reports": {
-        "generator_id": "the generator evaluated (generators table)",
-        "report_id": "hash of the report JSON",
-        "conditions": "JSON list of the conditions it evaluated",
-        "report": "JSON: accuracy, novelty, baselines, fine-tuning per condition",
-    },
-    "samples": {
-        "sample_id": "key",
-        "generator_id": "the generator (generators table)",
-        "kind": "generated, or a baseline: noise-0.06, noise-0.12, avg16, gaussfit, ...",
-        "condition": "dataset name (and target metric) it was generated for",
-        "dataset_id": "key into datasets",
-        "seed": "sampling seed",
-        "idx": "index within the sampling call",
-        "test_loss": "test loss of the generated weights",
-        "test_acc": "test accuracy",
-        "nn_l2": "L2 distance to the nearest training checkpoint",
-    },
-}
-WEIGHT_DOCS = {
-    "layout_id": "layout of the weight vector (layouts table)",
-    "dtype": "float32, float16 or bfloat16: how to read the weights bytes",
-    "num_params": "values in the weight vector (P)",
-    "sha256": "hex sha256 of the weights bytes",
-    "weights": "the flat weight vector: P values as raw little-endian bytes of `dtype`",
-}
 
 TYPE_NAMES = {"string": "string", "large_string": "string", "int64": "int64", "int32": "int32",
               "double": "float64", "float": "float32", "bool": "bool", "large_binary": "binary",
@@ -148,15 +29,6 @@ TYPE_NAMES = {"string": "string", "large_string": "string", "int64": "int64", "i
 
 SIZE_CATEGORIES = [(1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
                    (10_000_000, "1M<n<10M"), (100_000_000, "10M<n<100M"), (1_000_000_000, "100M<n<1B")]
-
-
-def column_doc(table: str, column: str) -> str:
-    if TABLES.get(table) is not None and TABLES[table].has_weights and column in WEIGHT_DOCS:
-        return WEIGHT_DOCS[column]
-    doc = COLUMN_DOCS.get(table, {}).get(column)
-    if doc:
-        return doc
-    return "zoo-specific column (hyperparameter or metric)"
 
 
 def type_name(arrow_type: str) -> str:
@@ -214,6 +86,26 @@ def format_bytes(n: float) -> str:
     return f"{n} B"  # pragma: no cover
 
 
+def generators_section(gens: Sequence[Mapping[str, Any]], repo: str) -> str:
+    """The card's list of the weight generators published with the zoo, with their headline numbers."""
+    def acc(h: Mapping[str, float], group: str) -> str:
+        g, z = h.get(f"{group}_generated_mean_acc"), h.get(f"{group}_zoo_mean_acc")
+        return "" if g is None else f"{g:.4f}" + (f" (zoo {z:.4f})" if z is not None else "")
+
+    rows = [[f"`{g['generator_id']}`", g.get("method"), f"`{g.get('layout_id')}`", g.get("zoo") or "",
+             g.get("num_train"), f"`{str(g.get('train_digest') or '')[:12]}`", g.get("protocol") or "",
+             acc(g["headline"], "seen"), acc(g["headline"], "unseen")] for g in gens]
+    first = gens[0]["generator_id"]
+    return ("## Generators\n\n"
+            "Weight generators fit on this zoo, each in `generators/<generator_id>/` (config.json, model.safetensors, "
+            "training_set.json with the exact checkpoint ids, reports). Accuracy: mean test accuracy of its generated "
+            "models over the seen / held-out conditions of its first report.\n\n"
+            + _md_table(["generator", "method", "layout", "zoo", "checkpoints", "training-set digest", "protocol",
+                         "seen", "held out"], rows) + "\n\n"
+            f"```bash\nwsl pull {repo} --store zoo --weights    # brings the generators along\n"
+            f"wsl generate sample {first} --store zoo --dataset DATASET -n 100\n```\n")
+
+
 def render(manifest: Mapping[str, Any], summary: Mapping[str, Any], repo_id: str | None, license: str) -> str:
     """The README.md text of a published zoo folder."""
     repo = repo_id or "ORG/NAME"
@@ -262,6 +154,9 @@ def render(manifest: Mapping[str, Any], summary: Mapping[str, Any], repo_id: str
     if summary.get("phases"):
         parts.append("**Loss-landscape phases** (rows of `landscape`: model x epoch x recipe)\n")
         parts.append(_md_table(["phase", "rows"], summary["phases"]) + "\n")
+
+    if summary.get("generators"):
+        parts.append(generators_section(summary["generators"], repo))
 
     # ----- loading -----
     parts.append("## Loading\n")
@@ -366,4 +261,9 @@ for checkpoint_id, buf, dtype, layout_json in rows:
                  "files per folder. The weights column is stored uncompressed (weights do not compress; reads are a "
                  "copy), the other columns with zstd. `wsl-zoo.json` lists every table's files, rows and columns "
                  "for `wsl pull`.\n")
+    if manifest.get("generators"):
+        parts.append("`generators/<generator_id>/`: each published generator's folder as `wsl generate fit` saved it "
+                     "(config.json, model.safetensors, training_set.json with the exact checkpoint ids it was fit on), "
+                     "its report when it has one, and every report the store recorded (`reports/`). `wsl pull` puts "
+                     "them into the store; `generators.load_generator(folder)` loads one directly.\n")
     return "\n".join(parts)
