@@ -1,0 +1,297 @@
+"""`wsl export --where SQL DIR`: any selection of checkpoints out of the store, one file (or folder) each.
+
+    DIR/<checkpoint_id>.safetensors       --format safetensors (default): named tensors; the layout JSON and
+                                          both rows (checkpoint, model) in the header
+    DIR/<checkpoint_id>.pt                --format state-dict: torch.save of the state dict, for
+                                          torch.load(weights_only=True) + load_state_dict users
+    DIR/<model_id>/{config.json, model.safetensors, README.md}
+                                          --format hf: one Hugging Face model folder per model with its chosen
+                                          checkpoint (--checkpoint last|best), a card with hyperparameters,
+                                          metrics, landscape values and provenance
+    DIR/metadata.parquet                  one row per file: its path, ids, metrics and the model's columns
+                                          (the sidecar `wsl store import folder DIR` reads back)
+
+Nothing partial: every file (hf: every model folder) is written under a
+hidden temporary name and renamed into place; metadata.parquet comes last.
+Resumable: files already there are checked (their sha256 must be the
+row's) and skipped. A folder that holds anything else is refused before
+anything is written. The selection goes through store/filters.py (one pool,
+our conditions as bound parameters). Weights are read in batches (verified
+against their sha256) and written row by row.
+
+Why safetensors files are serialized with safetensors.numpy: a stored row is
+one flat buffer, and numpy views of it serialize without the per-tensor
+copies safetensors.torch needs (it refuses tensors sharing storage).
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from store import export_card, filters
+from store.errors import UserError
+from store.layout import ParamLayout, build_architecture
+
+if TYPE_CHECKING:  # pragma: no cover
+    from store.store import ZooStore
+
+FORMATS = ("safetensors", "hf", "state-dict")
+SIDECAR = "metadata.parquet"
+_TMP = ".tmp-"
+_SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=+-]{0,199}$")
+
+
+@dataclass
+class ExportReport:
+    format: str
+    folder: str
+    selected: int
+    written: int
+    skipped: int
+    seconds: float
+
+    def as_dict(self) -> dict:
+        return {"format": self.format, "folder": self.folder, "selected": self.selected, "written": self.written,
+                "already_there": self.skipped, "seconds": round(self.seconds, 3)}
+
+
+def file_name(key: str) -> str:
+    """A key as a file name: itself when it is plain, else a readable part + a hash (never a path)."""
+    if _SAFE.match(key) and key not in (".", ".."):
+        return key
+    import hashlib
+
+    return re.sub(r"[^A-Za-z0-9._=+-]+", "_", key)[:80].strip("._") + "-" + hashlib.sha256(key.encode()).hexdigest()[:10]
+
+
+def _choose(sel, checkpoint: str):
+    """One row per model: its last checkpoint (highest epoch) or its best (highest test_acc)."""
+    import pandas as pd
+
+    if checkpoint not in ("last", "best"):
+        raise UserError(f"unknown --checkpoint {checkpoint!r}", "use last or best")
+    df = sel.copy()
+    df["_e"] = pd.to_numeric(df["epoch"], errors="coerce").fillna(-1)
+    if checkpoint == "best":
+        if df["test_acc"].isna().all():
+            raise UserError("--checkpoint best needs test_acc, and the selected checkpoints have none",
+                            "use --checkpoint last, or select checkpoints that carry test_acc")
+        df["_a"] = pd.to_numeric(df["test_acc"], errors="coerce").fillna(-np.inf)
+        df = df.sort_values(["model_id", "_a", "_e", "checkpoint_id"])
+    else:
+        df = df.sort_values(["model_id", "_e", "checkpoint_id"])
+    return df.groupby("model_id", sort=True).tail(1).drop(columns=[c for c in ("_e", "_a") if c in df]).reset_index(drop=True)
+
+
+def _targets(df, fmt: str) -> list[str]:
+    if fmt == "hf":
+        names = [file_name(m) for m in df.model_id]
+    else:
+        ext = ".safetensors" if fmt == "safetensors" else ".pt"
+        names = [file_name(c) + ext for c in df.checkpoint_id]
+    if len(set(names)) != len(names):
+        raise UserError("two selected keys map onto one file name", "export them in separate folders")
+    return names
+
+
+def _check_folder(out: Path, names: list[str]) -> None:
+    if out.exists() and not out.is_dir():
+        raise UserError(f"export folder {out} is a file", "give a folder (new, empty, or an earlier export of this selection)")
+    if not out.is_dir():
+        return
+    allowed = set(names) | {SIDECAR}
+    other = sorted(p.name for p in out.iterdir() if p.name not in allowed and not p.name.startswith(_TMP))
+    if other:
+        raise UserError(f"export folder {out} holds other files ({', '.join(other[:5])}{', ...' if len(other) > 5 else ''})",
+                        "export into a new or empty folder (or into one an export of the same selection wrote)")
+
+
+def _module_dtypes(layout: ParamLayout) -> dict[str, torch.dtype]:
+    """The dtype each tensor has in the module (integer buffers such as num_batches_tracked stay integers)."""
+    if layout.arch is None:
+        return {}
+    try:
+        return {k: v.dtype for k, v in build_architecture(layout.arch).state_dict().items()}
+    except UserError:
+        return {}
+
+
+def _tensors(layout: ParamLayout, row: torch.Tensor, dtypes: dict) -> "OrderedDict[str, torch.Tensor]":
+    out = OrderedDict()
+    for name, t in layout.unflatten(row).items():
+        want = dtypes.get(name)
+        out[name] = t.to(want) if want is not None and not want.is_floating_point else t
+    return out
+
+
+def _safetensors_bytes(tensors: "OrderedDict[str, torch.Tensor]", meta: dict[str, str]) -> bytes:
+    if all(t.dtype != torch.bfloat16 for t in tensors.values()):
+        from safetensors.numpy import save
+
+        return save({k: t.numpy() for k, t in tensors.items()}, metadata=meta)
+    from safetensors.torch import save
+
+    return save({k: t.clone().contiguous() for k, t in tensors.items()}, metadata=meta)
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f"{_TMP}{path.name}")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+    os.replace(tmp, path)
+
+
+def _sha_of_file(path: Path, fmt: str, layout: ParamLayout) -> str | None:
+    """The weights sha256 an existing export file holds (None when it is not one of ours / unreadable)."""
+    try:
+        if fmt == "state-dict":
+            sd = torch.load(path, map_location="cpu", weights_only=True)
+            from store import codec
+
+            dtype = {v.dtype for v in sd.values() if v.is_floating_point()}
+            d = {torch.float16: "float16", torch.bfloat16: "bfloat16"}.get(dtype.pop(), "float32") if len(dtype) == 1 else "float32"
+            flat = torch.cat([sd[n].reshape(-1).to(codec.STORED_DTYPES[d]) for n in layout.names])
+            import hashlib
+
+            return hashlib.sha256(flat.contiguous().view(torch.uint8).numpy()).hexdigest()
+        from safetensors import safe_open
+
+        target = path / "model.safetensors" if fmt == "hf" else path
+        if fmt == "hf" and not all((path / f).is_file() for f in ("config.json", "README.md")):
+            return None
+        with safe_open(str(target), framework="pt") as fh:
+            return (fh.metadata() or {}).get("sha256")
+    except Exception:  # noqa: BLE001 - anything unreadable is "not ours"
+        return None
+
+
+def export(store: "ZooStore", where: str | None, out: str | os.PathLike, fmt: str = "safetensors",
+           checkpoint: str = "last", batch_size: int = 1024, progress: Callable | None = None) -> ExportReport:
+    """Export the checkpoints the filter selects (hf: one chosen checkpoint per selected model) into folder `out`."""
+    t0 = time.perf_counter()
+    if fmt not in FORMATS:
+        raise UserError(f"unknown export --format {fmt!r}", f"use one of: {', '.join(FORMATS)}")
+    out = Path(out).expanduser()
+    sel = filters.select_checkpoints(store, where, columns=filters.CHECKPOINT_COLUMNS + ", checkpoints.test_acc")
+    if fmt == "hf":
+        sel = _choose(sel, checkpoint)
+    names = _targets(sel, fmt)
+    _check_folder(out, names)
+    params: dict[str, Any] = {}
+    cond = filters.in_list("checkpoint_id", "ids", sel.checkpoint_id.tolist(), params)
+    ckpts = store.arrow(f"SELECT * EXCLUDE (weights) FROM checkpoints WHERE {cond}", params).to_pandas()
+    ckpts = ckpts.drop_duplicates("checkpoint_id").set_index("checkpoint_id")
+    mparams: dict[str, Any] = {}
+    mcond = filters.in_list("model_id", "ids", sorted(set(sel.model_id)), mparams)
+    models = store.arrow(f"SELECT * FROM models WHERE {mcond}", mparams).to_pandas()
+    models = models.drop_duplicates("model_id").set_index("model_id")
+    land = None
+    if fmt == "hf" and store.count("landscape"):
+        lparams: dict[str, Any] = {}
+        lcond = filters.in_list("model_id", "ids", sorted(set(sel.model_id)), lparams)
+        land = store.arrow(f"SELECT * FROM landscape WHERE {lcond} ORDER BY model_id, epoch, recipe_id", lparams).to_pandas()
+    todo, skipped = [], 0
+    layouts: dict[str, ParamLayout] = {}
+    for i, (cid, lid) in enumerate(zip(sel.checkpoint_id, sel.layout_id)):
+        layouts.setdefault(lid, store.layout(lid))
+        target = out / names[i]
+        if target.exists():
+            have = _sha_of_file(target, fmt, layouts[lid])
+            if have != ckpts.loc[cid, "sha256"]:
+                raise UserError(f"{target} exists but does not hold checkpoint {cid} (another export, or damaged)",
+                                "remove it, or export into a new folder; nothing was written")
+            skipped += 1
+        else:
+            todo.append(i)
+    out.mkdir(parents=True, exist_ok=True)
+    for p in out.iterdir():  # leftovers of a killed run
+        if p.name.startswith(_TMP):
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+    dtypes = {lid: _module_dtypes(lay) for lid, lay in layouts.items()}
+    provenance_base = {"exported_by": f"wsl-zoo {_version()}", "store": str(store.path)}
+    done = 0
+    for s in range(0, len(todo), batch_size):
+        idx = todo[s:s + batch_size]
+        ids = [sel.checkpoint_id.iloc[i] for i in idx]
+        for lid, (w, meta) in store.weights(ids, verify=True, grouped=True).items():
+            layout = layouts[lid]
+            pos = {c: j for j, c in enumerate(meta.checkpoint_id)}
+            for i in idx:
+                cid = sel.checkpoint_id.iloc[i]
+                if cid not in pos:
+                    continue
+                crow = ckpts.loc[cid].to_dict()
+                crow["checkpoint_id"] = cid
+                mrow = models.loc[crow["model_id"]].to_dict() if crow["model_id"] in models.index else {}
+                mrow["model_id"] = crow["model_id"]
+                tensors = _tensors(layout, w[pos[cid]], dtypes[lid])
+                _write_one(out / names[i], fmt, layout, tensors, mrow, crow, land, provenance_base)
+                done += 1
+                if progress is not None:
+                    progress(1, len(todo), "writing")
+    _write_sidecar(out, sel, names, ckpts, models)
+    return ExportReport(fmt, str(out), len(sel), done, skipped, time.perf_counter() - t0)
+
+
+def _write_one(target: Path, fmt: str, layout: ParamLayout, tensors, mrow: dict, crow: dict, land, provenance: dict) -> None:
+    meta = export_card.header(layout, mrow, crow)
+    if fmt == "safetensors":
+        _write_bytes(target, _safetensors_bytes(tensors, meta))
+    elif fmt == "state-dict":
+        tmp = target.with_name(f"{_TMP}{target.name}")
+        from store.names import module_order
+
+        torch.save(OrderedDict((k, tensors[k].clone()) for k in module_order(layout)), tmp)
+        os.replace(tmp, target)
+    else:
+        tmp = target.with_name(f"{_TMP}{target.name}")
+        tmp.mkdir()
+        (tmp / "model.safetensors").write_bytes(_safetensors_bytes(tensors, meta))
+        (tmp / "config.json").write_text(json.dumps(export_card.config_json(layout), indent=2, sort_keys=True) + "\n")
+        rows = []
+        if land is not None and len(land):
+            mine = land[land.model_id == crow["model_id"]]
+            if crow.get("epoch") is not None and not mine.empty:
+                mine = mine[mine.epoch == crow["epoch"]]
+            rows = mine.to_dict(orient="records")
+        prov = {**provenance, "model_id": crow["model_id"], "checkpoint_id": crow["checkpoint_id"],
+                "layout_id": layout.layout_id, "sha256": crow["sha256"]}
+        (tmp / "README.md").write_text(export_card.model_card(layout, mrow, crow, rows, prov))
+        os.replace(tmp, target)
+
+
+def _write_sidecar(out: Path, sel, names: list[str], ckpts, models) -> None:
+    """metadata.parquet: one row per exported file (checkpoint columns, then the model's), written last."""
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    rel = [f"{n}/model.safetensors" if not n.endswith((".safetensors", ".pt")) else n for n in names]
+    c = ckpts.loc[sel.checkpoint_id.tolist()].reset_index()
+    m = models.drop(columns=[col for col in models.columns if col in c.columns or col in ("source", "import_format")],
+                    errors="ignore")
+    df = c.merge(m, left_on="model_id", right_index=True, how="left")
+    df.insert(0, "file", rel)
+    t = pa.Table.from_pandas(pd.DataFrame(df), preserve_index=False)
+    tmp = out / f"{_TMP}{SIDECAR}"
+    pq.write_table(t, tmp)
+    os.replace(tmp, out / SIDECAR)
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("wsl-zoo")
+    except Exception:  # noqa: BLE001  pragma: no cover
+        return "unknown"
