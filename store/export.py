@@ -48,6 +48,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 FORMATS = ("safetensors", "hf", "state-dict")
 SIDECAR = "metadata.parquet"
+SIDECAR_META = "wsl_export"
+MODEL_PREFIX = "models."
 _TMP = ".tmp-"
 _SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=+-]{0,199}$")
 
@@ -64,6 +66,27 @@ class ExportReport:
     def as_dict(self) -> dict:
         return {"format": self.format, "folder": self.folder, "selected": self.selected, "written": self.written,
                 "already_there": self.skipped, "seconds": round(self.seconds, 3)}
+
+
+class _Rows:
+    """An Arrow table with a key column: rows by key as dicts (ints stay ints, NULL stays None)."""
+
+    def __init__(self, table: pa.Table, key: str):
+        self.table, self.key = table, key
+        self.index: dict[str, int] = {}
+        for i, k in enumerate(table.column(key).to_pylist()):
+            self.index.setdefault(k, i)
+
+    def __contains__(self, k) -> bool:
+        return k in self.index
+
+    def row(self, k: str) -> dict:
+        return self.table.slice(self.index[k], 1).to_pylist()[0]
+
+    def take(self, keys: list) -> pa.Table:
+        """Rows in `keys` order; a key that is None or missing gives a row of NULLs."""
+        idx = pa.array([self.index.get(k) if k is not None else None for k in keys], pa.int64())
+        return self.table.take(idx)
 
 
 def file_name(key: str) -> str:
@@ -190,17 +213,17 @@ def export(store: "ZooStore", where: str | None, out: str | os.PathLike, fmt: st
     _check_folder(out, names)
     params: dict[str, Any] = {}
     cond = filters.in_list("checkpoint_id", "ids", sel.checkpoint_id.tolist(), params)
-    ckpts = store.arrow(f"SELECT * EXCLUDE (weights) FROM checkpoints WHERE {cond}", params).to_pandas()
-    ckpts = ckpts.drop_duplicates("checkpoint_id").set_index("checkpoint_id")
+    ckpts = _Rows(store.arrow(f"SELECT * EXCLUDE (weights) FROM checkpoints WHERE {cond}", params), "checkpoint_id")
     mparams: dict[str, Any] = {}
     mcond = filters.in_list("model_id", "ids", sorted(set(sel.model_id)), mparams)
-    models = store.arrow(f"SELECT * FROM models WHERE {mcond}", mparams).to_pandas()
-    models = models.drop_duplicates("model_id").set_index("model_id")
-    land = None
+    models = _Rows(store.arrow(f"SELECT * FROM models WHERE {mcond}", mparams), "model_id")
+    land: dict[str, list[dict]] = {}
     if fmt == "hf" and store.count("landscape"):
         lparams: dict[str, Any] = {}
         lcond = filters.in_list("model_id", "ids", sorted(set(sel.model_id)), lparams)
-        land = store.arrow(f"SELECT * FROM landscape WHERE {lcond} ORDER BY model_id, epoch, recipe_id", lparams).to_pandas()
+        for r in store.arrow(f"SELECT * FROM landscape WHERE {lcond} ORDER BY model_id, epoch, recipe_id",
+                             lparams).to_pylist():
+            land.setdefault(r["model_id"], []).append(r)
     todo, skipped = [], 0
     layouts: dict[str, ParamLayout] = {}
     for i, (cid, lid) in enumerate(zip(sel.checkpoint_id, sel.layout_id)):
@@ -208,7 +231,7 @@ def export(store: "ZooStore", where: str | None, out: str | os.PathLike, fmt: st
         target = out / names[i]
         if target.exists():
             have = _sha_of_file(target, fmt, layouts[lid])
-            if have != ckpts.loc[cid, "sha256"]:
+            if have != ckpts.row(cid)["sha256"]:
                 raise UserError(f"{target} exists but does not hold checkpoint {cid} (another export, or damaged)",
                                 "remove it, or export into a new folder; nothing was written")
             skipped += 1
@@ -231,16 +254,14 @@ def export(store: "ZooStore", where: str | None, out: str | os.PathLike, fmt: st
                 cid = sel.checkpoint_id.iloc[i]
                 if cid not in pos:
                     continue
-                crow = ckpts.loc[cid].to_dict()
-                crow["checkpoint_id"] = cid
-                mrow = models.loc[crow["model_id"]].to_dict() if crow["model_id"] in models.index else {}
-                mrow["model_id"] = crow["model_id"]
+                crow = ckpts.row(cid)
+                mrow = models.row(crow["model_id"]) if crow["model_id"] in models else {"model_id": crow["model_id"]}
                 tensors = _tensors(layout, w[pos[cid]], dtypes[lid])
                 _write_one(out / names[i], fmt, layout, tensors, mrow, crow, land, provenance_base)
                 done += 1
                 if progress is not None:
                     progress(1, len(todo), "writing")
-    _write_sidecar(out, sel, names, ckpts, models)
+    _write_sidecar(out, sel, names, ckpts, models, fmt)
     return ExportReport(fmt, str(out), len(sel), done, skipped, time.perf_counter() - t0)
 
 
@@ -259,30 +280,36 @@ def _write_one(target: Path, fmt: str, layout: ParamLayout, tensors, mrow: dict,
         tmp.mkdir()
         (tmp / "model.safetensors").write_bytes(_safetensors_bytes(tensors, meta))
         (tmp / "config.json").write_text(json.dumps(export_card.config_json(layout), indent=2, sort_keys=True) + "\n")
-        rows = []
-        if land is not None and len(land):
-            mine = land[land.model_id == crow["model_id"]]
-            if crow.get("epoch") is not None and not mine.empty:
-                mine = mine[mine.epoch == crow["epoch"]]
-            rows = mine.to_dict(orient="records")
+        rows = [r for r in land.get(crow["model_id"], []) if r.get("epoch") == crow.get("epoch")]
         prov = {**provenance, "model_id": crow["model_id"], "checkpoint_id": crow["checkpoint_id"],
                 "layout_id": layout.layout_id, "sha256": crow["sha256"]}
         (tmp / "README.md").write_text(export_card.model_card(layout, mrow, crow, rows, prov))
         os.replace(tmp, target)
 
 
-def _write_sidecar(out: Path, sel, names: list[str], ckpts, models) -> None:
-    """metadata.parquet: one row per exported file (checkpoint columns, then the model's), written last."""
-    import pandas as pd
+def _write_sidecar(out: Path, sel, names: list[str], ckpts, models, fmt: str) -> None:
+    """metadata.parquet: one row per exported file (checkpoint columns, then the model's), written last.
+
+    A model column whose name a checkpoint column has too is `models.<name>`;
+    the schema metadata (`wsl_export`) says which columns belong to which
+    table, so `wsl store import folder` restores both rows exactly.
+    """
     import pyarrow.parquet as pq
 
     rel = [f"{n}/model.safetensors" if not n.endswith((".safetensors", ".pt")) else n for n in names]
-    c = ckpts.loc[sel.checkpoint_id.tolist()].reset_index()
-    m = models.drop(columns=[col for col in models.columns if col in c.columns or col in ("source", "import_format")],
-                    errors="ignore")
-    df = c.merge(m, left_on="model_id", right_index=True, how="left")
-    df.insert(0, "file", rel)
-    t = pa.Table.from_pandas(pd.DataFrame(df), preserve_index=False)
+    c = ckpts.take(sel.checkpoint_id.tolist())
+    m = models.take([mid if mid in models else None for mid in c.column("model_id").to_pylist()])
+    cols = [pa.array(rel, pa.string())] + list(c.columns)
+    fields = ["file"] + c.column_names
+    for name, col in zip(m.column_names, m.columns):
+        if name == "model_id":
+            continue
+        cols.append(col)
+        fields.append(f"{MODEL_PREFIX}{name}" if name in c.column_names else name)
+    t = pa.Table.from_arrays(cols, names=fields)
+    info = {"format": fmt, "file_column": "file", "model_columns": ["model_id"] + fields[len(c.column_names) + 1:],
+            "checkpoint_columns": c.column_names}
+    t = t.replace_schema_metadata({SIDECAR_META: json.dumps(info)})
     tmp = out / f"{_TMP}{SIDECAR}"
     pq.write_table(t, tmp)
     os.replace(tmp, out / SIDECAR)

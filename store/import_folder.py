@@ -51,7 +51,9 @@ def read_table(path: Path) -> list[dict[str, Any]]:
 
     try:
         if path.suffix == ".parquet":
-            df = pd.read_parquet(path)
+            import pyarrow.parquet as pq
+
+            return [{str(k): _plain(v) for k, v in r.items()} for r in pq.read_table(path).to_pylist()]
         elif path.suffix == ".csv":
             df = pd.read_csv(path)
         elif path.suffix in (".jsonl", ".json"):
@@ -147,6 +149,9 @@ def plan(path: str | os.PathLike, *, sidecar=None, key: str | None = None,
         rows = [{"file": f, **v} for f, v in _from_names(files, name_regex).items()]
     else:
         rows = read_table(side)
+        exported = export_info(side)
+        if exported is not None and not (zoo or key or name_regex):
+            return _exported(root, rows, exported, side.name, arch, dataset), [f"rows as `wsl export` wrote them ({side.name})"]
         if not rows:
             raise UserError(f"sidecar {side} has no rows", "give one row per checkpoint file")
         if "file" not in rows[0]:
@@ -157,6 +162,49 @@ def plan(path: str | os.PathLike, *, sidecar=None, key: str | None = None,
             rows = [{**extra[str(r["file"])], **r} for r in rows]
         notes.append(f"metadata from {side.name}")
     return _models(root, rows, side.name if side else "--name-regex", key, zoo_name, arch, dataset, notes), notes
+
+
+def export_info(path: Path) -> dict | None:
+    """The `wsl_export` block of a sidecar `wsl export` wrote (which columns are the model's), else None."""
+    if path.suffix != ".parquet":
+        return None
+    import pyarrow.parquet as pq
+
+    meta = pq.read_schema(path).metadata or {}
+    raw = meta.get(b"wsl_export")
+    try:
+        info = json.loads(raw) if raw else None
+    except ValueError:
+        return None
+    return info if isinstance(info, dict) and "model_columns" in info else None
+
+
+def _exported(root: Path, rows: list[dict], info: dict, where: str, arch: Mapping | None,
+              dataset: str | None) -> list[ModelSource]:
+    """A `wsl export` folder: both rows of every file come back exactly (ids, columns, sha256 checked)."""
+    mcols = [c for c in info["model_columns"] if c != "model_id"]
+    ccols = [c for c in info.get("checkpoint_columns", []) if c not in ("checkpoint_id", "model_id", "epoch") and c not in _COMPUTED]
+    models: dict[str, ModelSource] = {}
+    for i, r in enumerate(rows):
+        f = r.get("file")
+        if not isinstance(f, str) or not (root / f).is_file():
+            raise UserError(f"{where} row {i + 1} names {f}, which is not a file under {root}",
+                            "restore the file (or export again); nothing was written")
+        mid = str(r["model_id"])
+        if mid not in models:
+            cols = {(c[len("models."):] if c.startswith("models.") else c): r.get(c) for c in mcols}
+            cols.pop("layout_id", None)
+            if dataset is not None:
+                cols["dataset"] = dataset
+            model_arch, arch_from = (dict(arch), "--arch") if arch else (None, None)
+            if model_arch is None and cols.get("arch_config"):
+                model_arch, arch_from = json.loads(cols["arch_config"]), f"{where} arch_config"
+            models[mid] = ModelSource(mid, mid, cols, [], model_arch, arch_from, exact=arch is None)
+        epoch = r.get("epoch")
+        ckpt_cols = {c: r.get(c) for c in ccols}
+        models[mid].checkpoints.append(CheckpointSource(root / f, f, str(r["checkpoint_id"]),
+                                                        None if epoch is None else int(epoch), ckpt_cols, r.get("sha256")))
+    return list(models.values())
 
 
 def _models(root: Path, rows: list[dict], where: str, key: str | None, zoo_name: str, arch: Mapping | None,

@@ -117,26 +117,36 @@ def _model(folder: Path, label: str, zoo: str | None, arch: Mapping | None, data
     model_arch, arch_from = (dict(arch), "--arch") if arch else (_arch(folder, notes), "config.json")
     if model_arch is None:
         arch_from = None
+    exact = mine is not None and zoo is None and arch is None
     if mine is not None:  # a card `wsl export` wrote: the rows come back as they were
         mrow = dict(mine.get("model") or {})
         crow = dict(mine.get("checkpoint") or {})
         mid = str(mrow.pop("model_id", None) or stable_id("hf", zoo or "", label))
-        skip = {"layout_id", "arch_config", "source", "import_format"}
-        std, ext = split_columns({k: v for k, v in mrow.items() if k not in skip}, MODEL_SYNONYMS, _MODEL_TYPES,
-                                 MODEL_REQUIRED, direct=MODEL_DIRECT, what=label)
-        columns = {**ext, **std}
-        if zoo:
-            columns["zoo"] = zoo
+        mrow.pop("layout_id", None)
+        if exact:
+            columns = mrow
+        else:
+            skip = {"arch_config", "source", "import_format"}
+            std, ext = split_columns({k: v for k, v in mrow.items() if k not in skip}, MODEL_SYNONYMS, _MODEL_TYPES,
+                                     MODEL_REQUIRED, direct=MODEL_DIRECT, what=label)
+            columns = {**ext, **std}
+            if zoo:
+                columns["zoo"] = zoo
         epoch = crow.pop("epoch", None)
         cid = crow.pop("checkpoint_id", None)
         if not cid:
             cid = f"{mid}-e{int(epoch):04d}" if epoch is not None else f"{mid}-hf"
         cid = str(cid)
         sha = crow.pop("sha256", None)
-        cskip = {"model_id", "layout_id", "num_params", "dtype", "source"}
-        cstd, cext = split_columns({k: v for k, v in crow.items() if k not in cskip}, CHECKPOINT_SYNONYMS, _CKPT_TYPES,
-                                   CHECKPOINT_REQUIRED, direct=CHECKPOINT_DIRECT, what=label)
-        ckpt_cols = {**cext, **cstd}
+        for k in ("model_id", "layout_id", "num_params", "dtype"):
+            crow.pop(k, None)
+        if exact:
+            ckpt_cols = crow
+        else:
+            crow.pop("source", None)
+            cstd, cext = split_columns(crow, CHECKPOINT_SYNONYMS, _CKPT_TYPES, CHECKPOINT_REQUIRED,
+                                       direct=CHECKPOINT_DIRECT, what=label)
+            ckpt_cols = {**cext, **cstd}
     else:
         mid = stable_id("hf", zoo or "", label)
         columns = {f"card_{identifier(k)}": (json.dumps(v, sort_keys=True, default=str) if isinstance(v, (list, dict)) else v)
@@ -149,10 +159,11 @@ def _model(folder: Path, label: str, zoo: str | None, arch: Mapping | None, data
         epoch, cid, sha, ckpt_cols = None, f"{mid}-hf", None, {}
     if dataset is not None:
         columns["dataset"] = dataset
-    columns["source"] = label
+    if not exact:
+        columns["source"] = label
     ckpt = CheckpointSource(weights, f"{label}/{weights.name}", cid, None if epoch is None else int(epoch), ckpt_cols,
                             sha if isinstance(sha, str) else None)
-    return ModelSource(mid, label, columns, [ckpt], model_arch, arch_from)
+    return ModelSource(mid, label, columns, [ckpt], model_arch, arch_from, exact=exact)
 
 
 def plan(sources: Sequence[str], *, zoo: str | None = None, arch: Mapping | None = None, dataset: str | None = None,

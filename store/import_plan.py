@@ -67,6 +67,7 @@ class ModelSource:
     checkpoints: list[CheckpointSource]
     arch: dict | None = None
     arch_from: str | None = None
+    exact: bool = False  # rows written by `wsl export`: columns taken as they are (no defaults added)
 
 
 @dataclass
@@ -204,6 +205,12 @@ def _rows(planned: Sequence[_Planned], models: Sequence[ModelSource], zoo_format
     mrows = []
     for m in models:
         lay = layout_of[m.model_id]
+        if m.exact:  # the row as `wsl export` wrote it: an export imported into its own store is a no-op
+            row = {k: v for k, v in m.columns.items() if v is not None}
+            row.update(model_id=m.model_id, layout_id=lay.layout_id)
+            row.setdefault("arch_config", json.dumps(lay.arch, sort_keys=True) if lay.arch else None)
+            mrows.append(row)
+            continue
         arch = lay.arch or {}
         row = {"model_id": m.model_id, "architecture": arch.get("name"), "arch_config": json.dumps(lay.arch, sort_keys=True)
                if lay.arch else None, "layout_id": lay.layout_id, "status": "imported",
@@ -218,8 +225,9 @@ def _rows(planned: Sequence[_Planned], models: Sequence[ModelSource], zoo_format
     crows = []
     for p in planned:
         row = {"checkpoint_id": p.ckpt.checkpoint_id, "model_id": p.model.model_id, "epoch": p.ckpt.epoch}
-        row.update({k: v for k, v in p.ckpt.columns.items() if k not in row})
-        row.setdefault("source", p.ckpt.rel)
+        row.update({k: v for k, v in p.ckpt.columns.items() if k not in row and not (p.model.exact and v is None)})
+        if not p.model.exact:
+            row.setdefault("source", p.ckpt.rel)
         row.update({"layout_id": p.layout.layout_id, "dtype": p.dtype, "num_params": p.layout.num_params, "sha256": p.sha})
         crows.append(row)
     for r in mrows:
