@@ -183,7 +183,8 @@ def _exported(root: Path, rows: list[dict], info: dict, where: str, arch: Mappin
               dataset: str | None) -> list[ModelSource]:
     """A `wsl export` folder: both rows of every file come back exactly (ids, columns, sha256 checked)."""
     mcols = [c for c in info["model_columns"] if c != "model_id"]
-    ccols = [c for c in info.get("checkpoint_columns", []) if c not in ("checkpoint_id", "model_id", "epoch") and c not in _COMPUTED]
+    computed = {"file", "layout_id", "num_params", "dtype", "sha256", "weights"}
+    ccols = [c for c in info.get("checkpoint_columns", []) if c not in ("checkpoint_id", "model_id", "epoch") and c not in computed]
     models: dict[str, ModelSource] = {}
     for i, r in enumerate(rows):
         f = r.get("file")

@@ -159,7 +159,7 @@ def _automatic(names, shapes, floating, layout: ParamLayout, what: str) -> dict[
     for idx in candidates:
         if len(idx) != len(ref):
             first_error = first_error or (f"{what} has {len(idx)} tensors, layout {layout.layout_id} has {len(ref)} "
-                                          f"({', '.join(ref[:4])}, ...)")
+                                          f"({', '.join(ref[:4])}{', ...' if len(ref) > 4 else ''})")
             continue
         bad = next((k for k, (i, r) in enumerate(zip(idx, ref))
                     if tuple(shapes[i]) != tuple(ref_shapes[r]) or _leaf(names[i]) != _leaf(r)), None)
@@ -169,7 +169,7 @@ def _automatic(names, shapes, floating, layout: ParamLayout, what: str) -> dict[
         first_error = first_error or (f"automatic mapping of {what} stops at tensor #{bad} {names[i]!r} {list(shapes[i])}: "
                                       f"the layout has {r!r} {list(ref_shapes[r])} there")
     raise UserError(first_error or f"{what} does not map onto layout {layout.layout_id}",
-                    "give --arch of the architecture that wrote the files, or --rename 'REGEX=REPL' rules "
+                    "give --arch of the architecture (and width) that wrote the files, or --rename 'REGEX=REPL' rules "
                     "(docs/store.md, 'Importing zoos')")
 
 

@@ -78,7 +78,7 @@ def write_model_zoos(root: Path, seeds=(1, 2, 3), epochs: int = 4, width: int = 
         old_ray = idx == 0  # Ray 0.8: checkpoint_N folders, iterations from 1, no untrained line
         config = {"model::type": "MLP", "model::i_dim": 64, "model::h_dim": [width], "model::o_dim": 10,
                   "model::nlin": "tanh", "model::dropout": dropout, "model::init_type": "kaiming_uniform",
-                  "model::use_bias": True, "optim::optimizer": "sgd", "optim::lr": 0.1 * (idx + 1),
+                  "model::use_bias": True, "optim::optimizer": "sgd", "optim::lr": (0.1, 0.2, 0.3, 0.4)[idx],
                   "optim::momentum": 0.9, "optim::wd": 0.0, "training::batchsize": 64,
                   "training::epochs_train": epochs, "training::start_epoch": 1, "training::output_epoch": 1,
                   "training::val_epochs": 1, "training::idx_out": 500, "training::checkpoint_dir": None,
@@ -106,7 +106,7 @@ def write_model_zoos(root: Path, seeds=(1, 2, 3), epochs: int = 4, width: int = 
                     loss = F.cross_entropy(out, ytr[b])
                     loss.backward()
                     opt.step()
-                    tot += float(loss) * len(b)
+                    tot += float(loss.detach()) * len(b)
                     correct += int((out.argmax(1) == ytr[b]).sum())
                 train_loss, train_acc = tot / len(xtr), correct / len(xtr)
             else:
@@ -141,3 +141,17 @@ def write_model_zoos(root: Path, seeds=(1, 2, 3), epochs: int = 4, width: int = 
             w.writerows(flat)
         truth[trial.name] = record
     return truth
+
+
+def snapshot(path: Path) -> dict[str, str] | None:
+    """Every file under `path` with the sha256 of its bytes (None when `path` does not exist)."""
+    import hashlib
+
+    if not path.exists():
+        return None
+    return {p.relative_to(path).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def trial_dirs(src: Path) -> list[Path]:
+    return sorted(p for p in (src / "tune_zoo_digits_mlp").iterdir() if p.is_dir())
