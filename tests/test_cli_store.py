@@ -159,7 +159,7 @@ def test_import_with_arch_config(run_cli, tmp_path):
     # a file that does not fit the architecture is refused, and nothing is written
     torch.save(nn.Linear(5, 5).state_dict(), src / "other.pt")
     code, out, err = run_cli("store", "import", src, "--store", tmp_path / "s2", "--arch", json.dumps(arch))
-    assert code == 2 and "other.pt" in err and "tensor #0 '0.weight' [5, 5]" in err
+    assert code == 2 and "other.pt" in err and "has 2 tensors" in err
     assert not (tmp_path / "s2").exists()  # nothing written, not even zoo.json
 
 
