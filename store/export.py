@@ -83,6 +83,13 @@ class _Rows:
     def row(self, k: str) -> dict:
         return self.table.slice(self.index[k], 1).to_pylist()[0]
 
+    def rows(self) -> dict[str, dict]:
+        """Every row by key (the first of a repeated key), converted once."""
+        out: dict[str, dict] = {}
+        for r in self.table.to_pylist():
+            out.setdefault(r[self.key], r)
+        return out
+
     def take(self, keys: list) -> pa.Table:
         """Rows in `keys` order; a key that is None or missing gives a row of NULLs."""
         idx = pa.array([self.index.get(k) if k is not None else None for k in keys], pa.int64())
@@ -150,22 +157,15 @@ def _module_dtypes(layout: ParamLayout) -> dict[str, torch.dtype]:
         return {}
 
 
-def _tensors(layout: ParamLayout, row: torch.Tensor, dtypes: dict) -> "OrderedDict[str, torch.Tensor]":
-    out = OrderedDict()
-    for name, t in layout.unflatten(row).items():
-        want = dtypes.get(name)
-        out[name] = t.to(want) if want is not None and not want.is_floating_point else t
-    return out
-
-
-def _safetensors_bytes(tensors: "OrderedDict[str, torch.Tensor]", meta: dict[str, str]) -> bytes:
-    if all(t.dtype != torch.bfloat16 for t in tensors.values()):
+def _safetensors_bytes(arrays: dict, meta: dict[str, str]) -> bytes:
+    """numpy views serialize as they are; bfloat16 (no numpy dtype) goes through safetensors.torch with copies."""
+    if all(isinstance(a, np.ndarray) for a in arrays.values()):
         from safetensors.numpy import save
 
-        return save({k: t.numpy() for k, t in tensors.items()}, metadata=meta)
+        return save(arrays, metadata=meta)
     from safetensors.torch import save
 
-    return save({k: t.clone().contiguous() for k, t in tensors.items()}, metadata=meta)
+    return save({k: torch.as_tensor(t).clone().contiguous() for k, t in arrays.items()}, metadata=meta)
 
 
 def _write_bytes(path: Path, data: bytes) -> None:
@@ -241,49 +241,83 @@ def export(store: "ZooStore", where: str | None, out: str | os.PathLike, fmt: st
     for p in out.iterdir():  # leftovers of a killed run
         if p.name.startswith(_TMP):
             shutil.rmtree(p) if p.is_dir() else p.unlink()
-    dtypes = {lid: _module_dtypes(lay) for lid, lay in layouts.items()}
+    writers = {lid: _LayoutWriter(lay) for lid, lay in layouts.items()}
+    crows = ckpts.rows()
+    mrows = models.rows()
+    model_json: dict[str, str] = {}
     provenance_base = {"exported_by": f"wsl-zoo {_version()}", "store": str(store.path)}
+    position = {cid: i for i, cid in enumerate(sel.checkpoint_id)}
     done = 0
     for s in range(0, len(todo), batch_size):
-        idx = todo[s:s + batch_size]
-        ids = [sel.checkpoint_id.iloc[i] for i in idx]
+        ids = [sel.checkpoint_id.iloc[i] for i in todo[s:s + batch_size]]
         for lid, (w, meta) in store.weights(ids, verify=True, grouped=True).items():
-            layout = layouts[lid]
-            pos = {c: j for j, c in enumerate(meta.checkpoint_id)}
-            for i in idx:
-                cid = sel.checkpoint_id.iloc[i]
-                if cid not in pos:
-                    continue
-                crow = ckpts.row(cid)
-                mrow = models.row(crow["model_id"]) if crow["model_id"] in models else {"model_id": crow["model_id"]}
-                tensors = _tensors(layout, w[pos[cid]], dtypes[lid])
-                _write_one(out / names[i], fmt, layout, tensors, mrow, crow, land, provenance_base)
-                done += 1
-                if progress is not None:
-                    progress(1, len(todo), "writing")
+            wr = writers[lid]
+            rows = w.numpy() if w.dtype != torch.bfloat16 else w
+            for j, cid in enumerate(meta.checkpoint_id):
+                crow = crows[cid]
+                mid = crow["model_id"]
+                mrow = mrows.get(mid, {"model_id": mid})
+                if mid not in model_json:
+                    model_json[mid] = json.dumps(export_card.row_dict(mrow), sort_keys=True)
+                meta_h = wr.header(crow, model_json[mid])
+                _write_one(out / names[position[cid]], fmt, wr, rows[j], meta_h, mrow, crow, land, provenance_base)
+            done += len(meta)
+            if progress is not None:
+                progress(len(meta), len(todo), "writing")
     _write_sidecar(out, sel, names, ckpts, models, fmt)
     return ExportReport(fmt, str(out), len(sel), done, skipped, time.perf_counter() - t0)
 
 
-def _write_one(target: Path, fmt: str, layout: ParamLayout, tensors, mrow: dict, crow: dict, land, provenance: dict) -> None:
-    meta = export_card.header(layout, mrow, crow)
-    if fmt == "safetensors":
-        _write_bytes(target, _safetensors_bytes(tensors, meta))
-    elif fmt == "state-dict":
-        tmp = target.with_name(f"{_TMP}{target.name}")
+class _LayoutWriter:
+    """What every row of one layout shares: tensor slices, module dtypes, the layout JSON."""
+
+    def __init__(self, layout: ParamLayout):
         from store.names import module_order
 
-        torch.save(OrderedDict((k, tensors[k].clone()) for k in module_order(layout)), tmp)
+        self.layout = layout
+        self.layout_json = layout.to_json()
+        dtypes = _module_dtypes(layout)
+        self.slices = [(e.name, e.offset, e.offset + e.numel, e.shape, dtypes.get(e.name)) for e in layout.entries]
+        self.order = module_order(layout)
+
+    def header(self, crow: dict, model_json: str) -> dict[str, str]:
+        return {"format": "pt", "wsl_format": export_card.FORMAT, "checkpoint_id": str(crow["checkpoint_id"]),
+                "model_id": str(crow["model_id"]), "layout_id": self.layout.layout_id, "layout_json": self.layout_json,
+                "sha256": str(crow["sha256"]), "dtype": str(crow["dtype"]),
+                "wsl_checkpoint": json.dumps(export_card.row_dict(crow), sort_keys=True), "wsl_model": model_json}
+
+    def arrays(self, row) -> dict:
+        """{name: view of the row} (numpy for float32/float16 rows, torch for bfloat16); integer buffers cast."""
+        out = {}
+        for name, a, b, shape, dt in self.slices:
+            v = row[a:b].reshape(shape)
+            if dt is not None and not dt.is_floating_point:
+                v = v.astype(torch.empty(0, dtype=dt).numpy().dtype) if isinstance(v, np.ndarray) else v.to(dt)
+            out[name] = v
+        return out
+
+    def tensors(self, row) -> "OrderedDict[str, torch.Tensor]":
+        arrays = self.arrays(row)
+        return OrderedDict((n, torch.as_tensor(arrays[n]).clone()) for n in self.order)
+
+
+def _write_one(target: Path, fmt: str, wr: _LayoutWriter, row, meta: dict, mrow: dict, crow: dict, land,
+               provenance: dict) -> None:
+    if fmt == "safetensors":
+        _write_bytes(target, _safetensors_bytes(wr.arrays(row), meta))
+    elif fmt == "state-dict":
+        tmp = target.with_name(f"{_TMP}{target.name}")
+        torch.save(wr.tensors(row), tmp)
         os.replace(tmp, target)
     else:
         tmp = target.with_name(f"{_TMP}{target.name}")
         tmp.mkdir()
-        (tmp / "model.safetensors").write_bytes(_safetensors_bytes(tensors, meta))
-        (tmp / "config.json").write_text(json.dumps(export_card.config_json(layout), indent=2, sort_keys=True) + "\n")
+        (tmp / "model.safetensors").write_bytes(_safetensors_bytes(wr.arrays(row), meta))
+        (tmp / "config.json").write_text(json.dumps(export_card.config_json(wr.layout), indent=2, sort_keys=True) + "\n")
         rows = [r for r in land.get(crow["model_id"], []) if r.get("epoch") == crow.get("epoch")]
         prov = {**provenance, "model_id": crow["model_id"], "checkpoint_id": crow["checkpoint_id"],
-                "layout_id": layout.layout_id, "sha256": crow["sha256"]}
-        (tmp / "README.md").write_text(export_card.model_card(layout, mrow, crow, rows, prov))
+                "layout_id": wr.layout.layout_id, "sha256": crow["sha256"]}
+        (tmp / "README.md").write_text(export_card.model_card(wr.layout, mrow, crow, rows, prov))
         os.replace(tmp, target)
 
 

@@ -308,9 +308,10 @@ def _conflicts(store: "ZooStore", table: str, key: str, t: pa.Table, where_from:
 
 def run_import(target, models: Sequence[ModelSource], *, fmt: str, source: str, rename=None, dtype: str | None = None,
                workers: int | None = None, progress: Callable | None = None, notes: list[str] | None = None,
-               memory_bytes: int = MEMORY_BYTES) -> ImportReport:
+               memory_bytes: int | None = None) -> ImportReport:
     """Validate every model and file, then write them to the store `target` (a ZooStore or a path)."""
     t0 = time.perf_counter()
+    memory_bytes = MEMORY_BYTES if memory_bytes is None else memory_bytes
     notes = list(notes or [])
     store, path = check_target(target)
     if not models:

@@ -152,3 +152,27 @@ def test_recognise_says_why_not():
                         "model::nlin": "leakyrelu"})
     assert cfg == {"name": "mlp", "in_features": 4, "out_features": 2, "width": 3, "depth": 2,
                    "activation": "leaky_relu", "dropout": 0.0}
+
+
+def test_past_the_memory_budget_files_are_read_again_and_must_not_have_changed(model_zoos, tmp_path, monkeypatch):
+    import store.import_plan as plan
+    import store.statedict as sd
+
+    src, _ = model_zoos
+    monkeypatch.setattr(plan, "MEMORY_BYTES", 0)  # keep no values after validation: every file is read twice
+    a = import_model_zoos(tmp_path / "a", src)
+    b = import_model_zoos(tmp_path / "b", src, workers=1)
+    q = "SELECT checkpoint_id, sha256 FROM checkpoints ORDER BY 1"
+    assert a.new_checkpoints == 12 and ZooStore(tmp_path / "a", create=False).sql(q).equals(ZooStore(tmp_path / "b", create=False).sql(q))
+    real = sd.read_tensors
+
+    def changed(path):  # the file is different when it is read the second time
+        ft = real(path)
+        if ft.path.endswith("checkpoint_000002/checkpoints"):
+            ft.values = ft.values + 1.0
+        return ft
+
+    monkeypatch.setattr(sd, "read_tensors", changed)
+    monkeypatch.setattr(plan, "read_many", lambda files, workers=None, progress=None: [real(f) for f in files])
+    with pytest.raises(UserError, match="changed while it was being imported"):
+        import_model_zoos(tmp_path / "c", src)
