@@ -199,7 +199,7 @@ def _print_import(report, fmt: str) -> None:
 
 @store_app.command("import")
 def import_(
-    args: List[str] = typer.Argument(..., help="FORMAT PATH...: model-zoos DIR | folder DIR | hf DIR-or-ORG/NAME ... "
+    args: List[str] = typer.Argument(..., metavar="FORMAT PATH...", help="FORMAT PATH...: model-zoos DIR | folder DIR | hf DIR-or-ORG/NAME ... "
                                                "(a lone DIR: one model per file, as before)."),
     store: Optional[Path] = common.StoreOption,
     arch: Optional[str] = typer.Option(None, "--arch", help='Architecture config JSON, e.g. \'{"name": "mlp", "in_features": 64, "out_features": 10, "width": 32, "depth": 2}\'. Default: recognised from the zoo\'s config, else a layout inferred from tensor names.'),
@@ -254,14 +254,14 @@ def import_(
         else:
             from store.import_hf import import_hf
 
-            report = import_hf(target, paths, revision=revision, **common_kw)
+            report = import_hf(target, paths, revision=revision, workers=workers, **common_kw)
     finally:
         bar.close()
     _print_import(report, fmt)
 
 
 def export_cmd(
-    out: Path = typer.Argument(..., help="Folder to write (new, empty, or an earlier export of the same selection: resumed)."),
+    out: Path = typer.Argument(..., metavar="DIR", help="Folder to write (new, empty, or an earlier export of the same selection: resumed)."),
     where: Optional[str] = typer.Option(None, "--where", "-w", help='SQL condition over models LEFT JOIN checkpoints, e.g. "width = 32 AND epoch = epochs" (default: every checkpoint).'),
     export_format: str = typer.Option("safetensors", "--format", help="safetensors (one file per checkpoint), hf (one Hugging Face model folder per model) or state-dict (torch.save files)."),
     checkpoint: str = typer.Option("last", "--checkpoint", help="hf: which checkpoint of each model: last (highest epoch) or best (highest test_acc)."),

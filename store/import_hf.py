@@ -191,7 +191,7 @@ def plan(sources: Sequence[str], *, zoo: str | None = None, arch: Mapping | None
 
 def import_hf(target, sources: str | os.PathLike | Sequence[str | os.PathLike], *, zoo: str | None = None,
               arch: Mapping | None = None, dataset: str | None = None, rename=None, dtype: str | None = None,
-              revision: str | None = None, download: Callable | None = None,
+              revision: str | None = None, download: Callable | None = None, workers: int | None = None,
               progress: Callable | None = None) -> ImportReport:
     """Import Hugging Face model folders / Hub repos into `target` (a ZooStore or a store path)."""
     if isinstance(sources, (str, os.PathLike)):
@@ -201,4 +201,4 @@ def import_hf(target, sources: str | os.PathLike | Sequence[str | os.PathLike], 
         raise UserError("no model folder or repo id given", "give PATH or ORG/NAME")
     models, notes = plan(sources, zoo=zoo, arch=arch, dataset=dataset, revision=revision, download=download)
     return run_import(target, models, fmt="hf", source=", ".join(sources), rename=rename, dtype=dtype,
-                      progress=progress, notes=notes)
+                      workers=workers, progress=progress, notes=notes)
