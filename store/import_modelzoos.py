@@ -16,7 +16,9 @@ Every checkpoint folder becomes one `checkpoints` row of the trial's model,
 its epoch the folder's number, which is the `training_iteration` of the
 result line whose metrics it gets (lines are matched by that field, not by
 position: Model Zoos' trainables log the untrained model as iteration 0,
-older zoos start at 1). The config's hyperparameters become `models`
+older zoos start at 1). Ray 2 numbers checkpoint folders by checkpoint and
+names the folder in the result line (`checkpoint_dir_name`): when lines
+carry that key, it decides the epoch. The config's hyperparameters become `models`
 columns (store/import_columns.py). The Model Zoos trainables log -999 for the
 train metrics of the untrained model (`missing_values`): those cells are NULL.
 
@@ -166,11 +168,17 @@ def parse_trial(trial: Path, root: Path, zoo: str | None, arch: Mapping | None, 
     if not isinstance(config, dict):
         raise UserError(f"trial folder {trial} has no params.json and result.json carries no config",
                         "restore params.json from the zoo's download")
+    # Ray 2 numbers checkpoint folders by checkpoint, not by iteration, and names each in its result line
+    named = {line["checkpoint_dir_name"]: it for it, line in results.items()
+             if isinstance(line.get("checkpoint_dir_name"), str) and line["checkpoint_dir_name"]}
     ckpts: dict[int, Path] = {}
     for p in sorted(trial.iterdir()):
         m = CHECKPOINT_DIR.match(p.name)
         if m and p.is_dir():
-            e = int(m.group(1))
+            if named and p.name not in named:
+                raise UserError(f"{p} is named by no line of {result_path} (checkpoint_dir_name)",
+                                "restore result.json, or move the trial folder out of PATH (or pass --skip-incomplete)")
+            e = named[p.name] if named else int(m.group(1))
             if e in ckpts:
                 raise UserError(f"{ckpts[e].name} and {p.name} in {trial} are both epoch {e}", "keep one of them")
             ckpts[e] = p

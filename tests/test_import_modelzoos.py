@@ -176,3 +176,18 @@ def test_past_the_memory_budget_files_are_read_again_and_must_not_have_changed(m
     monkeypatch.setattr(plan, "read_many", lambda files, workers=None, progress=None: [real(f) for f in files])
     with pytest.raises(UserError, match="changed while it was being imported"):
         import_model_zoos(tmp_path / "c", src)
+
+
+def test_ray2_checkpoint_folders_are_matched_by_checkpoint_dir_name(model_zoos, tmp_path):
+    src, truth = model_zoos
+    t = trial_dirs(src)[0]  # iterations 1..4 in checkpoint_1..4: renumber as Ray 2 does (one per checkpoint, from 0)
+    lines = [json.loads(ln) for ln in (t / "result.json").read_text().splitlines()]
+    for k, line in enumerate(lines):
+        (t / f"checkpoint_{line['training_iteration']}").rename(t / f"checkpoint_{k:06d}")
+        line["checkpoint_dir_name"] = f"checkpoint_{k:06d}"
+    (t / "result.json").write_text("".join(json.dumps(ln) + "\n" for ln in lines))
+    import_model_zoos(tmp_path / "s", src)
+    s = ZooStore(tmp_path / "s", create=False)
+    c = s.sql("SELECT epoch, test_acc FROM checkpoints JOIN models USING (model_id) WHERE models.source LIKE $t "
+              "ORDER BY epoch", {"t": f"%{t.name}"})
+    assert c.epoch.tolist() == [1, 2, 3, 4] and c.test_acc.tolist() == truth[t.name]["test_acc"]
