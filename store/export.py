@@ -19,9 +19,15 @@ anything is written. The selection goes through store/filters.py (one pool,
 our conditions as bound parameters). Weights are read in batches (verified
 against their sha256) and written row by row.
 
-Why safetensors files are serialized with safetensors.numpy: a stored row is
-one flat buffer, and numpy views of it serialize without the per-tensor
-copies safetensors.torch needs (it refuses tensors sharing storage).
+Why safetensors files are written here, not by the safetensors library: a
+stored row is one flat buffer in layout order, which is exactly a safetensors
+data section, so a file is a header (8-byte length + JSON: each tensor's
+dtype, shape and byte range, our metadata) plus the row's bytes as they are;
+the library would copy every tensor first (safetensors.torch refuses views
+that share storage; safetensors.numpy copies into its own buffer), which is
+most of the per-file cost for small models. Tensors that are not slices of
+the row (integer buffers) go through safetensors.numpy. The tests read every
+exported file with safetensors itself.
 """
 from __future__ import annotations
 
@@ -168,11 +174,19 @@ def _safetensors_bytes(arrays: dict, meta: dict[str, str]) -> bytes:
     return save({k: torch.as_tensor(t).clone().contiguous() for k, t in arrays.items()}, metadata=meta)
 
 
-def _write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f"{_TMP}{path.name}")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-    os.replace(tmp, path)
+def _write_bytes(path: Path, data, atomic: bool = True) -> None:
+    """Write bytes (or a list of buffers) under a temporary name, then rename into place."""
+    tmp = path.with_name(f"{_TMP}{path.name}") if atomic else path
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        for buf in (data if isinstance(data, list) else [data]):
+            view = memoryview(buf)
+            while len(view):
+                view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)
+    if atomic:
+        os.replace(tmp, path)
 
 
 def _sha_of_file(path: Path, fmt: str, layout: ParamLayout) -> str | None:
@@ -246,10 +260,11 @@ def export(store: "ZooStore", where: str | None, out: str | os.PathLike, fmt: st
     mrows = models.rows()
     model_json: dict[str, str] = {}
     provenance_base = {"exported_by": f"wsl-zoo {_version()}", "store": str(store.path)}
-    position = {cid: i for i, cid in enumerate(sel.checkpoint_id)}
+    sel_ids = sel.checkpoint_id.tolist()
+    position = {cid: i for i, cid in enumerate(sel_ids)}
     done = 0
     for s in range(0, len(todo), batch_size):
-        ids = [sel.checkpoint_id.iloc[i] for i in todo[s:s + batch_size]]
+        ids = [sel_ids[i] for i in todo[s:s + batch_size]]
         for lid, (w, meta) in store.weights(ids, verify=True, grouped=True).items():
             wr = writers[lid]
             rows = w.numpy() if w.dtype != torch.bfloat16 else w
@@ -279,6 +294,24 @@ class _LayoutWriter:
         dtypes = _module_dtypes(layout)
         self.slices = [(e.name, e.offset, e.offset + e.numel, e.shape, dtypes.get(e.name)) for e in layout.entries]
         self.order = module_order(layout)
+        # every tensor a slice of the stored row: the row's bytes are the file's data section as they are
+        self.plain = all(dt is None or dt.is_floating_point for *_, dt in self.slices)
+        self._headers: dict[str, str] = {}
+
+    def safetensors(self, row, meta: dict[str, str]) -> bytes | list:
+        """The file's bytes (or [header, data] buffers) for one stored row."""
+        if not self.plain:
+            return _safetensors_bytes(self.arrays(row), meta)
+        data = row.view(torch.uint16).numpy() if isinstance(row, torch.Tensor) else row
+        kind = {np.dtype("float32"): "F32", np.dtype("float16"): "F16", np.dtype("uint16"): "BF16"}[data.dtype]
+        item = data.dtype.itemsize
+        if kind not in self._headers:  # the tensors' part of the header: the same for every row of this layout
+            self._headers[kind] = ",".join(
+                f"{json.dumps(name)}:{json.dumps({'dtype': kind, 'shape': list(shape), 'data_offsets': [a * item, b * item]})}"
+                for name, a, b, shape, _ in self.slices)
+        head = ("{" + json.dumps("__metadata__") + ":" + json.dumps(meta, sort_keys=True) + "," + self._headers[kind] + "}").encode()
+        head += b" " * (-len(head) % 8)
+        return [len(head).to_bytes(8, "little") + head, memoryview(np.ascontiguousarray(data)).cast("B")]
 
     def header(self, crow: dict, model_json: str) -> dict[str, str]:
         return {"format": "pt", "wsl_format": export_card.FORMAT, "checkpoint_id": str(crow["checkpoint_id"]),
@@ -304,7 +337,7 @@ class _LayoutWriter:
 def _write_one(target: Path, fmt: str, wr: _LayoutWriter, row, meta: dict, mrow: dict, crow: dict, land,
                provenance: dict) -> None:
     if fmt == "safetensors":
-        _write_bytes(target, _safetensors_bytes(wr.arrays(row), meta))
+        _write_bytes(target, wr.safetensors(row, meta))
     elif fmt == "state-dict":
         tmp = target.with_name(f"{_TMP}{target.name}")
         torch.save(wr.tensors(row), tmp)
@@ -312,7 +345,7 @@ def _write_one(target: Path, fmt: str, wr: _LayoutWriter, row, meta: dict, mrow:
     else:
         tmp = target.with_name(f"{_TMP}{target.name}")
         tmp.mkdir()
-        (tmp / "model.safetensors").write_bytes(_safetensors_bytes(wr.arrays(row), meta))
+        _write_bytes(tmp / "model.safetensors", wr.safetensors(row, meta), atomic=False)
         (tmp / "config.json").write_text(json.dumps(export_card.config_json(wr.layout), indent=2, sort_keys=True) + "\n")
         rows = [r for r in land.get(crow["model_id"], []) if r.get("epoch") == crow.get("epoch")]
         prov = {**provenance, "model_id": crow["model_id"], "checkpoint_id": crow["checkpoint_id"],
