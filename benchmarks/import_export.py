@@ -15,6 +15,9 @@ What it times (page cache warm; the median of --repeats runs of each):
 - the plain loop a user writes today, once per file: torch.load + load_state_dict into the module +
   torch.save (the same loop is the reference for both directions: it is how one moves a zoo today).
 
+Wall time is what the targets are about; CPU seconds per checkpoint (this process plus the import's
+worker processes) are reported next to it, since they do not depend on how busy the machine is.
+
 Last line: JSON with import_ckpt_per_s, export_ckpt_per_s, ratio_import_vs_loop, ratio_export_vs_loop
 (targets: both ratios >= 3).
 """
@@ -82,16 +85,29 @@ def write_zoo(root: Path, trials: int, epochs: int) -> list[Path]:
     return files
 
 
-def plain_loop(files: list[Path], out: Path) -> float:
+def cpu_seconds() -> float:
+    """CPU time of this process and of its finished children (the import's worker processes)."""
+    import resource
+
+    c = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + c.ru_utime + c.ru_stime
+
+
+def timed(fn) -> tuple[float, float]:
+    """(wall seconds, CPU seconds) of fn()."""
+    t0, c0 = time.perf_counter(), cpu_seconds()
+    fn()
+    return time.perf_counter() - t0, cpu_seconds() - c0
+
+
+def plain_loop(files: list[Path], out: Path) -> None:
     """What a user writes today, per file: torch.load + load_state_dict + torch.save."""
     out.mkdir()
     model = ModelZoosCNN()
-    t0 = time.perf_counter()
     for i, f in enumerate(files):
         sd = torch.load(f, map_location="cpu", weights_only=True)
         model.load_state_dict(sd)
         torch.save(model.state_dict(), out / f"{i:05d}.pt")
-    return time.perf_counter() - t0
 
 
 def main() -> None:
@@ -111,26 +127,34 @@ def main() -> None:
         result.update(checkpoints=n, params_per_checkpoint=sum(p.numel() for p in ModelZoosCNN().parameters()),
                       cpus=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
         plain_loop(files[:200], root / "warmup")  # page cache and torch's lazy imports
-        times: dict[str, list[float]] = {k: [] for k in ("loop", "import", "import_1worker", "export", "export_sd")}
+        keys = ("loop", "import", "import_1worker", "export", "export_sd")
+        times: dict[str, list[float]] = {k: [] for k in keys}
+        cpu: dict[str, list[float]] = {k: [] for k in keys}
+
+        def record(key, fn):
+            wall, c = timed(fn)
+            times[key].append(wall)
+            cpu[key].append(c)
+
         for r in range(args.repeats):
-            times["loop"].append(plain_loop(files, root / f"loop-{r}"))
+            record("loop", lambda: plain_loop(files, root / f"loop-{r}"))
             shutil.rmtree(root / f"loop-{r}")
             for key, workers in (("import", None), ("import_1worker", 1)):
-                t0 = time.perf_counter()
-                rep = import_model_zoos(root / f"store-{key}-{r}", root / "zoo", workers=workers)
-                times[key].append(time.perf_counter() - t0)
-                assert rep.new_checkpoints == n, rep.as_dict()
+                reps = []
+                record(key, lambda: reps.append(import_model_zoos(root / f"store-{key}-{r}", root / "zoo", workers=workers)))
+                assert reps[0].new_checkpoints == n, reps[0].as_dict()
             store = ZooStore(root / f"store-import-{r}", create=False)
             for key, fmt in (("export", "safetensors"), ("export_sd", "state-dict")):
-                t0 = time.perf_counter()
-                rep = store.export(root / f"{key}-{r}", fmt=fmt)
-                times[key].append(time.perf_counter() - t0)
-                assert rep.written == n, rep.as_dict()
+                reps = []
+                record(key, lambda: reps.append(store.export(root / f"{key}-{r}", fmt=fmt)))
+                assert reps[0].written == n, reps[0].as_dict()
                 shutil.rmtree(root / f"{key}-{r}")
             for key in ("import", "import_1worker"):
                 shutil.rmtree(root / f"store-{key}-{r}")
         med = {k: statistics.median(v) for k, v in times.items()}
+        mcpu = {k: statistics.median(v) for k, v in cpu.items()}
         result.update({f"{k}_seconds": round(v, 3) for k, v in med.items()})
+        result.update({f"{k}_cpu_ms_per_ckpt": round(1e3 * v / n, 3) for k, v in mcpu.items()})
         result.update(loop_ckpt_per_s=round(n / med["loop"], 1), import_ckpt_per_s=round(n / med["import"], 1),
                       import_1worker_ckpt_per_s=round(n / med["import_1worker"], 1),
                       export_ckpt_per_s=round(n / med["export"], 1),
@@ -138,7 +162,10 @@ def main() -> None:
                       ratio_import_vs_loop=round(med["loop"] / med["import"], 2),
                       ratio_import_1worker_vs_loop=round(med["loop"] / med["import_1worker"], 2),
                       ratio_export_vs_loop=round(med["loop"] / med["export"], 2),
-                      ratio_export_state_dict_vs_loop=round(med["loop"] / med["export_sd"], 2))
+                      ratio_export_state_dict_vs_loop=round(med["loop"] / med["export_sd"], 2),
+                      # CPU seconds per checkpoint (what load cannot inflate): the work each way costs
+                      cpu_ratio_import_vs_loop=round(mcpu["loop"] / mcpu["import"], 2),
+                      cpu_ratio_export_vs_loop=round(mcpu["loop"] / mcpu["export"], 2))
         try:
             result["loadavg_1m"] = round(os.getloadavg()[0], 2)
         except OSError:  # pragma: no cover

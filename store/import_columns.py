@@ -107,6 +107,41 @@ def _cast(v: Any, kind: type) -> Any:
         return None
 
 
+_PLANS: dict[tuple, list[tuple[str, str | None, str | None, bool]]] = {}
+
+
+def _plan(keys: tuple[str, ...], synonyms: Mapping[str, tuple[str, ...]], required: frozenset,
+          skip: frozenset, direct: frozenset) -> list[tuple[str, str | None, str | None, bool]]:
+    """Per key: (key, standard column it may fill, extra column name, taken directly). Cached: zoos repeat their keys."""
+    ck = (keys, id(synonyms), required, skip, direct)
+    hit = _PLANS.get(ck)
+    if hit is not None:
+        return hit
+    plan, taken = [], set()
+    for key in keys:
+        if key in skip:
+            continue
+        if key in direct:
+            plan.append((key, key, None, True))
+            continue
+        last = _last(key)
+        col = next((c for c, names in synonyms.items() if last in names and not (c in direct and c in keys)), None)
+        name = identifier(key)
+        if name in required:
+            name = None if name in synonyms else f"hp_{name}"
+        if name is not None:
+            base, i = name, 2
+            while name in taken:
+                name = f"{base}_{i}"
+                i += 1
+            taken.add(name)
+        plan.append((key, col, name, False))
+    if len(_PLANS) > 10_000:
+        _PLANS.clear()
+    _PLANS[ck] = plan
+    return plan
+
+
 def split_columns(values: Mapping[str, Any], synonyms: Mapping[str, tuple[str, ...]], types: Mapping[str, type],
                   required: frozenset, skip: Iterable[str] = (), notes: list[str] | None = None,
                   what: str = "", direct: Iterable[str] = ()) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -115,39 +150,22 @@ def split_columns(values: Mapping[str, Any], synonyms: Mapping[str, tuple[str, .
     `direct`: standard column names taken as they are (a table that already
     uses our names, such as the sidecar `wsl export` writes).
     """
-    skip = set(skip)
-    direct = set(direct)
     standard: dict[str, Any] = {}
     ambiguous: set[str] = set()
     extra: dict[str, Any] = {}
-    for key, raw in values.items():
-        if key in skip:
+    for key, col, name, is_direct in _plan(tuple(values), synonyms, required, frozenset(skip), frozenset(direct)):
+        raw = values[key]
+        if is_direct:
+            standard[key] = _scalar(raw)
             continue
-        v = _scalar(raw)
-        if key in direct:
-            standard[key] = v
-            continue
-        last = _last(key)
-        for col, names in synonyms.items():
-            if last in names:
-                cast = _cast(raw, types[col])
-                if cast is None:
-                    continue
-                if col in direct and col in values:
-                    continue  # the table names the column itself
+        if col is not None:
+            cast = _cast(raw, types[col])
+            if cast is not None:
                 if col in standard and standard[col] != cast:
                     ambiguous.add(col)
                 standard.setdefault(col, cast)
-        name = identifier(key)
-        if name in required:
-            if name in synonyms:  # its value went to the standard column above
-                continue
-            name = f"hp_{name}"
-        base, i = name, 2
-        while name in extra:
-            name = f"{base}_{i}"
-            i += 1
-        extra[name] = v
+        if name is not None:
+            extra[name] = _scalar(raw)
     for col in ambiguous:
         standard.pop(col, None)
         if notes is not None:

@@ -185,8 +185,9 @@ def parse_trial(trial: Path, root: Path, zoo: str | None, arch: Mapping | None, 
     if not ckpts:
         raise UserError(f"trial folder {trial} has no checkpoint_N folders", "leave it out (or pass --skip-incomplete)")
     epochs = sorted(ckpts)
+    weights = {e: _weights_file(ckpts[e], checkpoint_file) for e in epochs}
     for e in epochs:
-        f = _weights_file(ckpts[e], checkpoint_file)
+        f = weights[e]
         if not f.is_file():
             raise UserError(f"epoch {e} of {trial}: {f} is missing",
                             "restore it, or move the trial folder out of PATH (or pass --skip-incomplete); "
@@ -223,7 +224,7 @@ def parse_trial(trial: Path, root: Path, zoo: str | None, arch: Mapping | None, 
                 line[k] = None
                 nulled += 1
         std, ext = split_columns(line, CHECKPOINT_SYNONYMS, _CKPT_TYPES, CHECKPOINT_REQUIRED, notes=notes, what=f"{rel} epoch {e}")
-        f = _weights_file(ckpts[e], checkpoint_file)
+        f = weights[e]
         checkpoints.append(CheckpointSource(f, f.relative_to(root).as_posix() if trial != root else f"{trial.name}/"
                                             f"{f.relative_to(trial).as_posix()}", f"{model_id}-e{e:04d}", e, {**ext, **std}))
     if nulled:
