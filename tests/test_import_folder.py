@@ -125,3 +125,32 @@ def test_rename_onto_one_name_and_shapes_that_do_not_match_arch_exit_2(tmp_path,
 def test_options_of_other_formats_are_refused(tmp_path, run_cli):
     code, _, err = run_cli("store", "import", "folder", tmp_path, "--skip-incomplete")
     assert code == 2 and "applies to the model-zoos format" in err
+
+
+def test_batchnorm_buffers_are_mapped_by_name_or_refused_never_dropped(tmp_path):
+    """A BatchNorm model's running statistics go where the layout keeps them; a layout without them refuses the file."""
+    from store.layout import register_architecture
+
+    def build(cfg):
+        return nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3))
+
+    register_architecture("test-bn-mlp", build)
+    src = tmp_path / "bn"
+    src.mkdir()
+    torch.manual_seed(0)
+    net = build({})
+    net.train()
+    net(torch.randn(16, 4))  # running statistics move away from their initial values
+    sd = {f"net.{k}": v for k, v in net.state_dict().items()}  # other names than the layout's: mapped by order
+    torch.save(sd, src / "m.pt")
+    layout = ParamLayout.from_config({"name": "test-bn-mlp"})
+    if any(n.endswith("running_mean") for n in layout.names):  # layouts that keep buffers (issue 15)
+        rep = import_folder(tmp_path / "s", src, arch={"name": "test-bn-mlp"})
+        w, _ = ZooStore(tmp_path / "s", create=False).weights("SELECT checkpoint_id FROM checkpoints")
+        back = layout.unflatten(w[0])
+        assert torch.equal(back["1.running_mean"], net[1].running_mean)
+        assert rep.layouts[0]["mapping"][0]["method"] == "automatic"
+    else:  # today's layouts hold parameters only: importing would drop the statistics, so it is refused
+        with pytest.raises(UserError, match="has 9 tensors|no place"):
+            import_folder(tmp_path / "s", src, arch={"name": "test-bn-mlp"})
+        assert not (tmp_path / "s").exists()
