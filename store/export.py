@@ -263,8 +263,13 @@ def export(store: "ZooStore", where: str | None, out: str | os.PathLike, fmt: st
     sel_ids = sel.checkpoint_id.tolist()
     position = {cid: i for i, cid in enumerate(sel_ids)}
     done = 0
-    for s in range(0, len(todo), batch_size):
-        ids = [sel_ids[i] for i in todo[s:s + batch_size]]
+    # one read per (layout, stored dtype): each row is written in the dtype its sha256 is of
+    groups: dict[tuple, list[str]] = {}
+    for i in todo:
+        cid = sel_ids[i]
+        groups.setdefault((crows[cid]["layout_id"], crows[cid]["dtype"]), []).append(cid)
+    batches = [ids[s:s + batch_size] for ids in groups.values() for s in range(0, len(ids), batch_size)]
+    for ids in batches:
         for lid, (w, meta) in store.weights(ids, verify=True, grouped=True).items():
             wr = writers[lid]
             rows = w.numpy() if w.dtype != torch.bfloat16 else w
@@ -279,7 +284,7 @@ def export(store: "ZooStore", where: str | None, out: str | os.PathLike, fmt: st
             done += len(meta)
             if progress is not None:
                 progress(len(meta), len(todo), "writing")
-    _write_sidecar(out, sel, names, ckpts, models, fmt)
+    _write_sidecar(out, sel, names, ckpts, models, fmt, {lid: w.layout_json for lid, w in writers.items()})
     return ExportReport(fmt, str(out), len(sel), done, skipped, time.perf_counter() - t0)
 
 
@@ -354,12 +359,13 @@ def _write_one(target: Path, fmt: str, wr: _LayoutWriter, row, meta: dict, mrow:
         os.replace(tmp, target)
 
 
-def _write_sidecar(out: Path, sel, names: list[str], ckpts, models, fmt: str) -> None:
+def _write_sidecar(out: Path, sel, names: list[str], ckpts, models, fmt: str, layouts: dict[str, str]) -> None:
     """metadata.parquet: one row per exported file (checkpoint columns, then the model's), written last.
 
     A model column whose name a checkpoint column has too is `models.<name>`;
     the schema metadata (`wsl_export`) says which columns belong to which
-    table, so `wsl store import folder` restores both rows exactly.
+    table and holds the layouts, so `wsl store import folder` restores both
+    rows exactly.
     """
     import pyarrow.parquet as pq
 
@@ -375,7 +381,7 @@ def _write_sidecar(out: Path, sel, names: list[str], ckpts, models, fmt: str) ->
         fields.append(f"{MODEL_PREFIX}{name}" if name in c.column_names else name)
     t = pa.Table.from_arrays(cols, names=fields)
     info = {"format": fmt, "file_column": "file", "model_columns": ["model_id"] + fields[len(c.column_names) + 1:],
-            "checkpoint_columns": c.column_names}
+            "checkpoint_columns": c.column_names, "layouts": layouts}
     t = t.replace_schema_metadata({SIDECAR_META: json.dumps(info)})
     tmp = out / f"{_TMP}{SIDECAR}"
     pq.write_table(t, tmp)

@@ -197,10 +197,12 @@ def _exported(root: Path, rows: list[dict], info: dict, where: str, arch: Mappin
             cols.pop("layout_id", None)
             if dataset is not None:
                 cols["dataset"] = dataset
-            model_arch, arch_from = (dict(arch), "--arch") if arch else (None, None)
-            if model_arch is None and cols.get("arch_config"):
+            layout_json = (info.get("layouts") or {}).get(r.get("layout_id"))
+            model_arch, arch_from = (dict(arch), "--arch") if arch else (None, f"{where} layouts" if layout_json else None)
+            if model_arch is None and not layout_json and cols.get("arch_config"):
                 model_arch, arch_from = json.loads(cols["arch_config"]), f"{where} arch_config"
-            models[mid] = ModelSource(mid, mid, cols, [], model_arch, arch_from, exact=arch is None)
+            models[mid] = ModelSource(mid, mid, cols, [], model_arch, arch_from, exact=arch is None,
+                                      layout_json=layout_json)
         epoch = r.get("epoch")
         ckpt_cols = {c: r.get(c) for c in ccols}
         models[mid].checkpoints.append(CheckpointSource(root / f, f, str(r["checkpoint_id"]),

@@ -68,6 +68,7 @@ class ModelSource:
     arch: dict | None = None
     arch_from: str | None = None
     exact: bool = False  # rows written by `wsl export`: columns taken as they are (no defaults added)
+    layout_json: str | None = None  # the layout itself, when the source records it (a `wsl export` sidecar)
 
 
 @dataclass
@@ -135,6 +136,8 @@ def _layout_for(model: ModelSource, first: FileTensors, rules, cache: dict) -> P
         if key not in cache:
             cache[key] = ParamLayout.from_config(model.arch)
         return cache[key]
+    if model.layout_json and not rules:
+        return ParamLayout.from_json(model.layout_json)
     if first.meta and first.meta.get("layout_json") and not rules:  # our own safetensors export says it
         return ParamLayout.from_json(first.meta["layout_json"])
     return _inferred_layout(first, rules)
@@ -208,7 +211,6 @@ def _rows(planned: Sequence[_Planned], models: Sequence[ModelSource], zoo_format
         if m.exact:  # the row as `wsl export` wrote it: an export imported into its own store is a no-op
             row = {k: v for k, v in m.columns.items() if v is not None}
             row.update(model_id=m.model_id, layout_id=lay.layout_id)
-            row.setdefault("arch_config", json.dumps(lay.arch, sort_keys=True) if lay.arch else None)
             mrows.append(row)
             continue
         arch = lay.arch or {}

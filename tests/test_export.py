@@ -156,3 +156,31 @@ def test_an_export_imports_back_as_itself(zoo, tmp_path, run_cli, fmt, kind):
     code, out_, err = run_cli("store", "import", kind, out, "--store", zoo.path, "-f", "json")
     assert code == 0 and json.loads(out_)["new_checkpoints"] == 0, err
     assert snapshot(zoo.path) == before
+
+
+def test_rows_go_out_in_their_stored_dtype_and_come_back_bit_for_bit(tmp_path):
+    from store import ParamLayout
+    from store.import_folder import import_folder
+    from store.import_hf import import_hf
+
+    s = ZooStore(tmp_path / "s", create=True)
+    lay = ParamLayout.from_config({"name": "mlp", "in_features": 4, "out_features": 3, "width": 8, "depth": 1})
+    s.append("models", [dict(model_id=f"m{i}", zoo="z", architecture="mlp", arch_config=None, layout_id=lay.layout_id,
+                             dataset=None, dataset_id=None, task=None, width=8, depth=1, optimizer=None, lr=None,
+                             momentum=None, weight_decay=None, batch_size=None, epochs=1, schedule=None, seed=i,
+                             status="done", hparams="{}") for i in range(3)])
+    w = torch.randn(3, lay.num_params)
+    for i, dt in enumerate(["bfloat16", "float16", "float32"]):
+        s.append_weights("checkpoints", w[i:i + 1], [dict(checkpoint_id=f"m{i}-e0001", model_id=f"m{i}", epoch=1, step=None,
+                                                          train_loss=None, train_acc=None, test_loss=None, test_acc=None)],
+                         lay, dtype=dt)
+    q = "SELECT * EXCLUDE (weights) FROM checkpoints ORDER BY checkpoint_id"
+    for fmt in ("safetensors", "hf", "state-dict"):
+        s.export(tmp_path / fmt, fmt=fmt)
+        assert s.export(tmp_path / fmt, fmt=fmt).skipped == 3  # resumed: every file recognised by its sha256
+        imp = import_hf if fmt == "hf" else import_folder
+        assert imp(s, tmp_path / fmt).new_checkpoints == 0  # into its own store: a no-op
+        imp(tmp_path / f"copy-{fmt}", tmp_path / fmt)
+        assert ZooStore(tmp_path / f"copy-{fmt}", create=False).sql(q).equals(s.sql(q))
+    st = load_file(str(tmp_path / "safetensors" / "m0-e0001.safetensors"))
+    assert {t.dtype for t in st.values()} == {torch.bfloat16}
