@@ -39,7 +39,7 @@ from store.errors import UserError
 from store.import_columns import unify
 from store.layout import ParamLayout
 from store.schema import TABLES
-from store.statedict import FileTensors, natural_key, read_many
+from store.statedict import FileTensors, iter_read, natural_key
 
 if TYPE_CHECKING:  # pragma: no cover
     from store.store import ZooStore
@@ -167,15 +167,13 @@ def _plan_files(models: Sequence[ModelSource], rules, dtype: str | None, workers
                 progress: Callable | None, memory_bytes: int) -> list[_Planned]:
     files = [c.file for m in models for c in m.checkpoints]
     tick = (lambda k: progress(k, len(files), "reading")) if progress else None
-    read = read_many(files, workers=workers, progress=tick)
+    read = iter_read(files, workers=workers, progress=tick)
     planned: list[_Planned] = []
     layouts: dict = {}
     maps: dict = {}
     kept = 0
-    i = 0
     for m in models:
-        fts = read[i:i + len(m.checkpoints)]
-        i += len(m.checkpoints)
+        fts = [next(read) for _ in m.checkpoints]
         layout = _layout_for(m, fts[0], rules, layouts)
         stored = _stored_dtype(dtype, fts)
         for c, ft in zip(m.checkpoints, fts):

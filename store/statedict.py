@@ -24,7 +24,7 @@ import sys
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -140,8 +140,11 @@ def read_tensors(path: str | os.PathLike) -> FileTensors:
     for name, t in items:
         if t.is_complex():
             raise UserError(f"{path}: tensor {name!r} is complex", "store real-valued parameters only")
-        parts.append(t.detach().reshape(-1).to(torch.float32))
-    values = torch.cat(parts).numpy() if parts else np.zeros(0, np.float32)
+        t = t.detach()
+        if t.dtype != torch.float32:
+            t = t.to(torch.float32)
+        parts.append(t.numpy().reshape(-1))  # numpy views: one concatenate, no per-tensor torch dispatch
+    values = np.concatenate(parts) if parts else np.zeros(0, np.float32)
     return FileTensors(str(path), tuple(n for n, _ in items), tuple(tuple(int(s) for s in t.shape) for _, t in items),
                        tuple(bool(t.is_floating_point()) for _, t in items), dtype, values, meta)
 
@@ -169,34 +172,39 @@ def default_workers(n_files: int) -> int:
     return max(1, min(8, cpus))
 
 
-def read_many(paths: Sequence[str | os.PathLike], workers: int | None = None,
-              progress: Callable[[int], None] | None = None) -> list[FileTensors]:
-    """Read every file (in parallel when there are many); the first unreadable file is a UserError naming it.
+def iter_read(paths: Sequence[str | os.PathLike], workers: int | None = None,
+              progress: Callable[[int], None] | None = None) -> Iterator[FileTensors]:
+    """Every file's FileTensors, in `paths` order, parsed in worker processes when there are many.
 
-    Every file is read before an error is raised, so the error names the
-    first bad file in `paths` order, whatever the scheduling.
+    Results arrive in order while later files are still being parsed, so the
+    caller's work on them overlaps the parsing. The first unreadable file (in
+    `paths` order, whatever the scheduling) is a UserError naming it.
     """
     paths = [str(p) for p in paths]
     n_workers = default_workers(len(paths)) if workers is None else max(1, int(workers))
-    results: list = []
     if n_workers <= 1 or len(paths) < 2:
         for p in paths:
-            results.append(_read_or_error(p))
+            ft = read_tensors(p)
             if progress is not None:
                 progress(1)
-    else:
-        import multiprocessing as mp
+            yield ft
+        return
+    import multiprocessing as mp
 
-        chunk = max(1, min(64, len(paths) // (n_workers * 8) or 1))
-        with mp.get_context("fork").Pool(n_workers, initializer=_init_worker) as pool:
-            for r in pool.imap(_read_or_error, paths, chunksize=chunk):
-                results.append(r)
-                if progress is not None:
-                    progress(1)
-    for r in results:
-        if r[0] == "error":
-            raise UserError(r[1], r[2])
-    return [r[1] for r in results]
+    chunk = max(1, min(64, len(paths) // (n_workers * 8) or 1))
+    with mp.get_context("fork").Pool(n_workers, initializer=_init_worker) as pool:
+        for r in pool.imap(_read_or_error, paths, chunksize=chunk):
+            if r[0] == "error":
+                raise UserError(r[1], r[2])
+            if progress is not None:
+                progress(1)
+            yield r[1]
+
+
+def read_many(paths: Sequence[str | os.PathLike], workers: int | None = None,
+              progress: Callable[[int], None] | None = None) -> list[FileTensors]:
+    """`iter_read` as a list."""
+    return list(iter_read(paths, workers, progress))
 
 
 def files_under(folder: Path, suffixes: Iterable[str] = SUFFIXES) -> list[Path]:

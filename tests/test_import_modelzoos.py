@@ -173,7 +173,7 @@ def test_past_the_memory_budget_files_are_read_again_and_must_not_have_changed(m
         return ft
 
     monkeypatch.setattr(sd, "read_tensors", changed)
-    monkeypatch.setattr(plan, "read_many", lambda files, workers=None, progress=None: [real(f) for f in files])
+    monkeypatch.setattr(plan, "iter_read", lambda files, workers=None, progress=None: (real(f) for f in files))
     with pytest.raises(UserError, match="changed while it was being imported"):
         import_model_zoos(tmp_path / "c", src)
 
