@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 from store.errors import UserError
 from store.import_columns import (CHECKPOINT_REQUIRED, CHECKPOINT_SYNONYMS, MODEL_REQUIRED, MODEL_SYNONYMS, _CKPT_TYPES,

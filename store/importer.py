@@ -17,7 +17,9 @@ from typing import TYPE_CHECKING, Any, Mapping
 import torch
 
 from store.layout import ParamLayout
-from store.statedict import SUFFIXES, load_state_dict, natural_key  # noqa: F401  (public names of this module)
+from store.statedict import SUFFIXES, load_state_dict, natural_key
+
+__all__ = ["SUFFIXES", "load_state_dict", "infer_layout", "import_dir", "export_safetensors"]
 
 if TYPE_CHECKING:  # pragma: no cover
     from store.store import ZooStore

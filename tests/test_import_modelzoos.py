@@ -163,7 +163,7 @@ def test_past_the_memory_budget_files_are_read_again_and_must_not_have_changed(m
     a = import_model_zoos(tmp_path / "a", src)
     b = import_model_zoos(tmp_path / "b", src, workers=1)
     q = "SELECT checkpoint_id, sha256 FROM checkpoints ORDER BY 1"
-    assert a.new_checkpoints == 12 and ZooStore(tmp_path / "a", create=False).sql(q).equals(ZooStore(tmp_path / "b", create=False).sql(q))
+    assert a.new_checkpoints == b.new_checkpoints == 12 and ZooStore(tmp_path / "a", create=False).sql(q).equals(ZooStore(tmp_path / "b", create=False).sql(q))
     real = sd.read_tensors
 
     def changed(path):  # the file is different when it is read the second time
