@@ -55,6 +55,7 @@ if TYPE_CHECKING:  # pragma: no cover
 FORMATS = ("safetensors", "hf", "state-dict")
 SIDECAR = "metadata.parquet"
 SIDECAR_META = "wsl_export"
+READ_BYTES = 256 << 20  # weights held in memory at once
 MODEL_PREFIX = "models."
 _TMP = ".tmp-"
 _SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=+-]{0,199}$")
@@ -268,7 +269,10 @@ def export(store: "ZooStore", where: str | None, out: str | os.PathLike, fmt: st
     for i in todo:
         cid = sel_ids[i]
         groups.setdefault((crows[cid]["layout_id"], crows[cid]["dtype"]), []).append(cid)
-    batches = [ids[s:s + batch_size] for ids in groups.values() for s in range(0, len(ids), batch_size)]
+    batches = []
+    for (lid, dtype), ids in groups.items():  # at most batch_size rows and READ_BYTES per read (ResNet rows are MBs)
+        per = max(1, min(batch_size, READ_BYTES // max(1, layouts[lid].num_params * (4 if dtype == "float32" else 2))))
+        batches += [ids[s:s + per] for s in range(0, len(ids), per)]
     for ids in batches:
         for lid, (w, meta) in store.weights(ids, verify=True, grouped=True).items():
             wr = writers[lid]

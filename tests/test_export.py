@@ -184,3 +184,14 @@ def test_rows_go_out_in_their_stored_dtype_and_come_back_bit_for_bit(tmp_path):
         assert ZooStore(tmp_path / f"copy-{fmt}", create=False).sql(q).equals(s.sql(q))
     st = load_file(str(tmp_path / "safetensors" / "m0-e0001.safetensors"))
     assert {t.dtype for t in st.values()} == {torch.bfloat16}
+
+
+def test_reads_are_batched_by_bytes(zoo, tmp_path, monkeypatch):
+    import store.export as ex
+
+    calls = []
+    real = zoo.weights
+    monkeypatch.setattr(ex, "READ_BYTES", 3 * 1210 * 4)  # three of these checkpoints per read
+    monkeypatch.setattr(zoo, "weights", lambda ids, **kw: calls.append(len(ids)) or real(ids, **kw))
+    assert zoo.export(tmp_path / "b", where="status = 'imported'").written == 12
+    assert calls == [3, 3, 3, 3]
