@@ -8,10 +8,11 @@
     wsl predict-properties --where "epoch >= 1" --target test_acc --target "log10(lr)"
 
 --where selects checkpoints from the one pool every command filters (store/filters.py:
-models LEFT JOIN checkpoints USING (model_id); any column of either, bare or qualified),
+models FULL JOIN checkpoints USING (model_id); any column of either, bare or qualified),
 so "epoch = 20 AND lr < 0.1" works as written. Without --where every checkpoint is
-selected; a filter that selects none is an error naming it. Only `wsl eval` writes
-(scores into the `evaluations` table); the others report.
+selected; a filter that selects none is an error naming it. `wsl eval` writes scores
+into the `evaluations` table; `wsl average --save` and `wsl prune --save` keep their results
+as new models with lineage columns (wsl.derived); otherwise they report.
 """
 from __future__ import annotations
 
@@ -262,6 +263,7 @@ def average_cmd(
     mode: str = typer.Option("last-k", "--mode", help="last-k: each model's last k selected checkpoints; seeds: the selected models' latest checkpoints, aligned then averaged."),
     k: int = typer.Option(3, "--k", help="How many of each model's last checkpoints to average (last-k)."),
     no_align: bool = typer.Option(False, "--no-align", help="seeds: average without permutation alignment."),
+    save: bool = typer.Option(False, "--save", help="Keep the averages: new models rows (status 'derived', lineage columns) with their checkpoint and scores."),
     store: Optional[Path] = common.StoreOption,
     split: str = SplitOption,
     dataset_seed: int = SeedOption,
@@ -290,6 +292,8 @@ def average_cmd(
         rep = average_seeds(w, zs.layout(part.layout_id[0]), ds, split=split, device=device,
                             align_units=not no_align, model_ids=part.checkpoint_id.tolist())
         _skipped(zs, rep.summary)
+        if save:
+            _save_average_seeds(zs, rep, zs.layout(part.layout_id[0]), part.checkpoint_id.tolist(), ds, split, not no_align)
         _emit(rep.summary, rep.table, fmt, "wsl average (seeds)")
         return
     tables, summaries, skipped = [], [], []
@@ -304,6 +308,9 @@ def average_cmd(
             hist.append(w[torch.tensor(grp.index[-k:].tolist())])
             ids.append(mid)
         rep = average_last_k(torch.stack(hist), zs.layout(lid), ds, k=k, split=split, device=device, model_ids=ids)
+        if save:
+            parents = [part[part.model_id == mid].checkpoint_id.tolist()[-k:] for mid in ids]
+            rep.table["saved_checkpoint_id"] = _save_average_last_k(zs, rep, zs.layout(lid), parents, ds, split, k)
         tables.append(rep.table)
         summaries.append(rep.summary)
     if not tables:
@@ -325,6 +332,7 @@ def prune_cmd(
     dataset: str = DatasetOption,
     sparsity: str = typer.Option("0.5,0.8,0.9", "--sparsity", help="Comma-separated fractions of weights to zero."),
     include_bias: bool = typer.Option(False, "--include-bias", help="Prune biases and norm gains too."),
+    save: bool = typer.Option(False, "--save", help="Keep the pruned weights: one new models row per checkpoint and sparsity (status 'derived', lineage columns)."),
     store: Optional[Path] = common.StoreOption,
     split: str = SplitOption,
     dataset_seed: int = SeedOption,
@@ -346,9 +354,13 @@ def prune_cmd(
     ds = _dataset(dataset, dataset_seed)
     sel = _select(zs, where)
     tables = []
+    saved = 0
     for lid, (w, part) in _weights_by_layout(zs, sel, skip_damaged).items():
-        tables.append(prune_sweep(w, zs.layout(lid), ds, levels, split=split, device=device,
-                                  include_bias=include_bias, model_ids=part.checkpoint_id.tolist()))
+        t = prune_sweep(w, zs.layout(lid), ds, levels, split=split, device=device,
+                        include_bias=include_bias, model_ids=part.checkpoint_id.tolist())
+        if save:
+            saved += _save_pruned(zs, w, zs.layout(lid), part.checkpoint_id.tolist(), t, levels, include_bias, ds, split)
+        tables.append(t)
     table = pd.concat(tables, ignore_index=True)
     metric = "accuracy" if "accuracy" in table else "r2"
     per = table.groupby("sparsity").agg(achieved=("achieved", "mean"), **{f"mean_{metric}": (metric, "mean")},
@@ -356,10 +368,59 @@ def prune_cmd(
     summary = {"dataset": dataset, "split": split, "checkpoints": len(sel) - len(zs.skipped_rows), "score": metric,
                "levels": per.to_dict(orient="records")}
     _skipped(zs, summary)
+    if save:
+        summary["saved_models"] = saved
     if fmt == "table":
         common.print_table(per, f"wsl prune: {len(sel)} checkpoints on {dataset}/{split}")
+        if save:
+            typer.echo(f"saved {saved} pruned models (select them with: wsl query \"SELECT * FROM models WHERE operation = 'prune'\")")
         return
     _emit(summary, table, fmt, "wsl prune")
+
+
+# --------------------------------------------------------------------------- --save (wsl.derived)
+def _score(ds, split: str, loss: float, value: float) -> dict:
+    acc = float(value) if ds.task == "classification" else None
+    return {"dataset": ds.name, "dataset_id": ds.dataset_id, "split": split, "loss": float(loss), "accuracy": acc}
+
+
+def _save_average_last_k(zs, rep, layout, parents, ds, split: str, k: int) -> list[str]:
+    from wsl.derived import save_derived
+
+    metric = "accuracy" if ds.task == "classification" else "r2"
+    scores = [_score(ds, split, r["loss_avg"], r[f"{metric}_avg"]) for r in rep.table.to_dict(orient="records")]
+    return save_derived(zs, rep.weights, layout, parents, "average", [{"mode": "last-k", "k": k}] * len(parents), scores)
+
+
+def _save_average_seeds(zs, rep, layout, parents, ds, split: str, aligned: bool) -> None:
+    from wsl.derived import save_derived
+
+    metric = "accuracy" if ds.task == "classification" else "r2"
+    row = rep.table.iloc[-1]
+    ids = save_derived(zs, rep.weights, layout, [parents], "average",
+                       [{"mode": "seeds", "aligned": aligned, "reference": parents[0]}],
+                       [_score(ds, split, row["loss"], row[metric])])
+    rep.summary["saved_checkpoint_id"] = ids[0]
+
+
+def _save_pruned(zs, w, layout, parents, table, levels, include_bias: bool, ds, split: str) -> int:
+    import torch
+
+    from wsl.derived import save_derived
+    from wsl.prune import magnitude_prune
+
+    metric = "accuracy" if ds.task == "classification" else "r2"
+    n = 0
+    for s in levels:
+        if s == 0.0:
+            continue
+        pruned, _ = magnitude_prune(w, layout, s, include_bias)
+        rows = table[table.sparsity == s].set_index("model")
+        scores = [_score(ds, split, rows.loc[c, "loss"], rows.loc[c, metric]) for c in parents]
+        params = [{"method": "global-magnitude", "sparsity": s, "include_bias": include_bias}] * len(parents)
+        save_derived(zs, torch.as_tensor(pruned), layout, [[c] for c in parents], "prune", params, scores)
+        n += len(parents)
+    return n
 
 
 # --------------------------------------------------------------------------- wsl predict-properties

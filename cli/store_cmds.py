@@ -1,13 +1,15 @@
 """`wsl query` and `wsl store ...`: SQL over the zoo store, and its upkeep.
 
     wsl query "SELECT phase, count(*) FROM landscape GROUP BY phase" [--format json]
-    wsl store tables | check | compact | import DIR | export CHECKPOINT_ID OUT.safetensors
+    wsl store tables | check | compact | export CHECKPOINT_ID OUT.safetensors
+    wsl store import model-zoos|folder|hf PATH [--arch JSON] [--rename REGEX=REPL] ...
+    wsl export --where SQL DIR [--format safetensors|hf|state-dict]
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
@@ -113,27 +115,152 @@ def compact(
         typer.echo(f"warning: left unreadable part alone: {p}", err=True)
 
 
+IMPORT_FORMATS = ("model-zoos", "folder", "hf")
+
+
+class _Phases:
+    """store progress callbacks (advance, total, phase) -> one rich bar per phase (reading, then writing)."""
+
+    def __init__(self, unit: str):
+        import contextlib
+
+        self.unit, self.phase, self.stack, self.update = unit, None, contextlib.ExitStack(), None
+
+    def __call__(self, advance: int, total: int, phase: str) -> None:
+        if phase != self.phase:
+            self.stack.close()
+            self.phase = phase
+            self.update = self.stack.enter_context(common.progress_bar(phase, total=total, unit=self.unit))
+        self.update(advance, total=total)
+
+    def close(self) -> None:
+        self.stack.close()
+
+
+def _arch_option(arch: Optional[str]):
+    if arch is None:
+        return None
+    try:
+        cfg = json.loads(arch)
+    except json.JSONDecodeError as e:
+        raise UserError(f"--arch is not valid JSON ({e})", 'give e.g. --arch \'{"name": "mlp", "width": 32}\'') from None
+    if not isinstance(cfg, dict):
+        raise UserError(f"--arch {arch!r} is not a JSON object", 'give e.g. --arch \'{"name": "mlp", "width": 32}\'')
+    return cfg
+
+
+def _only(fmt: str, allowed: str, **given) -> None:
+    for name, value in given.items():
+        if value not in (None, False, []):
+            raise UserError(f"--{name.replace('_', '-')} applies to the {allowed} format, not {fmt}",
+                            f"leave it out, or import with `wsl store import {allowed} PATH`")
+
+
+def _print_import(report, fmt: str) -> None:
+    d = report.as_dict()
+    if fmt == "json":
+        common.emit(d, "json")
+        return
+    common.check_format(fmt, ("table", "csv"))
+    summary = {k: v for k, v in d.items() if k not in ("layouts", "notes")}
+    common.emit(summary, fmt, title="import")
+    if fmt == "table" and d["layouts"]:
+        import pandas as pd
+
+        common.print_table(pd.DataFrame([{k: v for k, v in lay.items() if k != "mapping"} for lay in d["layouts"]]),
+                           "layouts")
+        rows = [{"layout_id": lay["layout_id"], "method": m["method"], "file tensor": src, "layout tensor": dst}
+                for lay in d["layouts"] for m in lay["mapping"]
+                for src, dst in (m["names"].items() if isinstance(m["names"], dict) else [("(same names)", "")])]
+        rows += [{"layout_id": lay["layout_id"], "method": m["method"], "file tensor": n, "layout tensor": "(left out)"}
+                 for lay in d["layouts"] for m in lay["mapping"] for n in m["ignored"]]
+        common.print_table(pd.DataFrame(rows), "tensor names: file -> layout")
+    for n in d["notes"]:
+        typer.echo(f"note: {n}", err=True)
+
+
 @store_app.command("import")
 def import_(
-    folder: Path = typer.Argument(..., help="Folder of .safetensors / .pt / .pth state dicts (searched recursively)."),
+    args: List[str] = typer.Argument(..., metavar="FORMAT PATH...", help="FORMAT PATH...: model-zoos DIR | folder DIR | hf DIR-or-ORG/NAME ... "
+                                               "(a lone DIR: one model per file, as before)."),
     store: Optional[Path] = common.StoreOption,
-    arch: Optional[str] = typer.Option(None, "--arch", help='Architecture config JSON, e.g. \'{"name": "mlp", "in_features": 64, "out_features": 10, "width": 32, "depth": 2}\'. Default: a layout inferred from tensor names and shapes.'),
+    arch: Optional[str] = typer.Option(None, "--arch", help='Architecture config JSON, e.g. \'{"name": "mlp", "in_features": 64, "out_features": 10, "width": 32, "depth": 2}\'. Default: recognised from the zoo\'s config, else a layout inferred from tensor names.'),
     zoo: Optional[str] = typer.Option(None, "--zoo", help="Zoo name for the imported models (default: the folder's name)."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", help="Dataset name to record in models.dataset (e.g. digits)."),
+    rename: List[str] = typer.Option([], "--rename", help="REGEX=REPL applied to every tensor name (repeatable), e.g. '^module_list\\.=layers.'. Default: names mapped automatically by order and shape."),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="Store weights as float32, float16 or bfloat16 (default: the files' dtype)."),
+    sidecar: Optional[Path] = typer.Option(None, "--sidecar", help="folder: CSV / JSON lines / Parquet table, one row per file (default: PATH/metadata.*)."),
+    key: Optional[str] = typer.Option(None, "--key", help="folder: the sidecar column naming each file's model (default: model_id, else model)."),
+    name_regex: Optional[str] = typer.Option(None, "--name-regex", help="folder: regex with named groups read from each file's path, e.g. 'acc_(?P<test_acc>[0-9.]+)'."),
+    checkpoint_file: Optional[str] = typer.Option(None, "--checkpoint-file", help="model-zoos: weights file inside each checkpoint_N/ (default: 'checkpoints', else the one .pt/.pth/.safetensors)."),
+    skip_incomplete: bool = typer.Option(False, "--skip-incomplete", help="model-zoos: skip (and list) trial folders with missing files or epochs instead of stopping."),
+    missing_value: List[float] = typer.Option([], "--missing-value", help="model-zoos: metric value meaning 'not measured', stored as NULL (default: -999, the Model Zoos trainable's)."),
+    revision: Optional[str] = typer.Option(None, "--revision", help="hf: branch, tag or commit of a Hub repo."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Processes parsing files (default: the CPUs, for many files)."),
     fmt: str = common.FormatOption,
 ) -> None:
-    """Import a folder of checkpoint files (read as data: safetensors or torch.load(weights_only=True))."""
-    from store.store import ZooStore
+    """Import a zoo: Model Zoos / Ray Tune trial folders, checkpoint files with a sidecar table, or Hugging Face models.
 
-    arch_cfg = None
-    if arch is not None:
-        try:
-            arch_cfg = json.loads(arch)
-        except json.JSONDecodeError as e:
-            raise UserError(f"--arch is not valid JSON ({e})", 'give e.g. --arch \'{"name": "mlp", "width": 32}\'') from None
-    zs = ZooStore(common.store_path(store), create=True)
-    counts = zs.import_dir(folder, arch=arch_cfg, zoo=zoo, dtype=dtype)
-    common.emit({"store": str(zs.path), **counts}, fmt, title="import")
+    Everything is read and validated before anything is written; a failed import writes nothing (not even zoo.json).
+    Re-importing is a no-op; a file that changed since is a conflict.
+    """
+    arch_cfg = _arch_option(arch)
+    kind, paths = (args[0], args[1:]) if args[0] in IMPORT_FORMATS else ("dir", args)
+    if not paths:
+        raise UserError(f"`wsl store import {kind}` needs a PATH", f"e.g. wsl store import {kind} ./my-zoo")
+    if kind != "hf" and len(paths) > 1:
+        raise UserError(f"the {kind} format imports one PATH, got {len(paths)}", "import the folders one by one")
+    if kind == "dir" and not Path(paths[0]).is_dir():
+        raise UserError(f"{paths[0]} is not a folder (nor one of the formats {', '.join(IMPORT_FORMATS)})",
+                        "give FORMAT PATH, e.g. wsl store import model-zoos ./zoo, or a folder of checkpoint files")
+    if kind != "folder":
+        _only(kind, "folder", sidecar=sidecar, key=key, name_regex=name_regex)
+    if kind != "model-zoos":
+        _only(kind, "model-zoos", checkpoint_file=checkpoint_file, skip_incomplete=skip_incomplete, missing_value=missing_value)
+    if kind != "hf":
+        _only(kind, "hf", revision=revision)
+    target = common.store_path(store)
+    bar = _Phases("files")
+    try:
+        common_kw = dict(zoo=zoo, arch=arch_cfg, dataset=dataset, rename=rename or None, dtype=dtype, progress=bar)
+        if kind == "model-zoos":
+            from store.import_modelzoos import MISSING_VALUES, import_model_zoos
+
+            report = import_model_zoos(target, paths[0], checkpoint_file=checkpoint_file, skip_incomplete=skip_incomplete,
+                                       missing_values=tuple(missing_value) or MISSING_VALUES, workers=workers, **common_kw)
+        elif kind in ("folder", "dir"):
+            from store.import_folder import import_folder
+
+            report = import_folder(target, paths[0], sidecar=False if kind == "dir" else sidecar, key=key,
+                                   name_regex=name_regex, workers=workers, **common_kw)
+        else:
+            from store.import_hf import import_hf
+
+            report = import_hf(target, paths, revision=revision, workers=workers, **common_kw)
+    finally:
+        bar.close()
+    _print_import(report, fmt)
+
+
+def export_cmd(
+    out: Path = typer.Argument(..., metavar="DIR", help="Folder to write (new, empty, or an earlier export of the same selection: resumed)."),
+    where: Optional[str] = typer.Option(None, "--where", "-w", help='SQL condition over models LEFT JOIN checkpoints, e.g. "width = 32 AND epoch = epochs" (default: every checkpoint).'),
+    export_format: str = typer.Option("safetensors", "--format", help="safetensors (one file per checkpoint), hf (one Hugging Face model folder per model) or state-dict (torch.save files)."),
+    checkpoint: str = typer.Option("last", "--checkpoint", help="hf: which checkpoint of each model: last (highest epoch) or best (highest test_acc)."),
+    store: Optional[Path] = common.StoreOption,
+    report_fmt: str = typer.Option("table", "--report", help="How to print the summary: table or json."),
+) -> None:
+    """Export the selected checkpoints with their metadata: safetensors, Hugging Face model folders or state dicts."""
+    from store.export import FORMATS, export
+
+    if export_format not in FORMATS:
+        raise UserError(f"unknown export --format {export_format!r}", f"use one of: {', '.join(FORMATS)}")
+    common.check_format(report_fmt, ("table", "json"))
+    zs = _open(store)
+    with common.progress_bar(f"export {export_format}", unit="models" if export_format == "hf" else "checkpoints") as update:
+        rep = export(zs, where, out, fmt=export_format, checkpoint=checkpoint,
+                     progress=lambda k, total, _: update(k, total=total))
+    common.emit(rep.as_dict(), report_fmt, title="export")
 
 
 @store_app.command("export")
@@ -153,4 +280,5 @@ def export(
 
 def register(app: typer.Typer) -> None:
     app.command("query")(query)
+    app.command("export")(export_cmd)
     app.add_typer(store_app, name="store")

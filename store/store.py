@@ -628,6 +628,30 @@ class ZooStore:
 
         return export_safetensors(self, checkpoint_id, out, table=table)
 
+    def import_model_zoos(self, path: str | os.PathLike, **kw):
+        """Import Ray Tune trial folders as the Model Zoos ship them (store.import_modelzoos); an ImportReport."""
+        from store.import_modelzoos import import_model_zoos
+
+        return import_model_zoos(self, path, **kw)
+
+    def import_folder(self, path: str | os.PathLike, **kw):
+        """Import checkpoint files with an optional sidecar table (store.import_folder); an ImportReport."""
+        from store.import_folder import import_folder
+
+        return import_folder(self, path, **kw)
+
+    def import_hf(self, sources, **kw):
+        """Import Hugging Face model folders or Hub repos (store.import_hf); an ImportReport."""
+        from store.import_hf import import_hf
+
+        return import_hf(self, sources, **kw)
+
+    def export(self, out: str | os.PathLike, where: str | None = None, fmt: str = "safetensors", **kw):
+        """Export the selected checkpoints as safetensors / hf / state-dict files (store.export); an ExportReport."""
+        from store.export import export
+
+        return export(self, where, out, fmt=fmt, **kw)
+
     # ----- maintenance ---------------------------------------------------------------
     def check(self, verify_weights: bool = True, quarantine: bool = False):
         """Read every part fully; report unreadable parts, schema problems and sha256 mismatches (see store.check)."""

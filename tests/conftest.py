@@ -35,3 +35,24 @@ def run_cli(capsys):
         return code, out.out, out.err
 
     return run
+
+
+@pytest.fixture(scope="session")
+def model_zoos_src(tmp_path_factory):
+    """A Model Zoos-style Ray Tune experiment (3 MLPs x 4 epochs on digits), written once: (folder, truth)."""
+    from _zoo_fixtures import write_model_zoos
+
+    root = tmp_path_factory.mktemp("model-zoos")
+    truth = write_model_zoos(root / "src")
+    return root / "src", truth
+
+
+@pytest.fixture
+def model_zoos(model_zoos_src, tmp_path):
+    """A private copy of the Model Zoos-style folder (tests may damage it): (folder, truth)."""
+    import shutil
+
+    src, truth = model_zoos_src
+    dst = tmp_path / "zoo-src"
+    shutil.copytree(src, dst)
+    return dst, truth

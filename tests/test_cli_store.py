@@ -119,10 +119,10 @@ def test_import_folder_and_export(run_cli, tmp_path):
     code, out, err = run_cli("store", "import", src, "--store", store, "-f", "json")
     assert code == 0, err
     counts = json.loads(out)
-    assert counts["files"] == 3 and counts["checkpoints"] == 3 and counts["layouts"] == 1
+    assert counts["checkpoints"] == 3 and counts["new_checkpoints"] == 3 and len(counts["layouts"]) == 1
     # again: a no-op (keys come from the zoo name and the file's path)
     code, out, _ = run_cli("store", "import", src, "--store", store, "-f", "json")
-    assert json.loads(out)["checkpoints"] == 0
+    assert json.loads(out)["new_checkpoints"] == 0
     s = ZooStore(store, create=False)
     meta = s.sql("SELECT checkpoint_id, source FROM checkpoints ORDER BY source")
     assert meta.source.tolist() == ["a.pt", "b.pth", "sub/c.safetensors"]
@@ -159,8 +159,8 @@ def test_import_with_arch_config(run_cli, tmp_path):
     # a file that does not fit the architecture is refused, and nothing is written
     torch.save(nn.Linear(5, 5).state_dict(), src / "other.pt")
     code, out, err = run_cli("store", "import", src, "--store", tmp_path / "s2", "--arch", json.dumps(arch))
-    assert code == 2 and "do not match layout" in err
-    assert ZooStore(tmp_path / "s2").count("checkpoints") == 0
+    assert code == 2 and "other.pt" in err and "has 2 tensors" in err
+    assert not (tmp_path / "s2").exists()  # nothing written, not even zoo.json
 
 
 def test_import_never_unpickles_objects(run_cli, tmp_path):
@@ -180,4 +180,4 @@ def test_import_never_unpickles_objects(run_cli, tmp_path):
     code, out, err = run_cli("store", "import", src, "--store", tmp_path / "s")
     assert code == 2 and "weights_only" in err
     assert not marker.exists()
-    assert ZooStore(tmp_path / "s").count("checkpoints") == 0
+    assert not (tmp_path / "s").exists()
