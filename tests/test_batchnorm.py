@@ -147,3 +147,34 @@ def test_batchnorm_asked_of_an_architecture_without_it():
         ParamLayout.from_config({"name": "mlp", "in_features": 4, "out_features": 3, "batchnorm": True})
     with pytest.raises(UserError, match="without batchnorm = true"):
         ParamLayout.from_config({"name": "cnn2d", "image_size": 8, "out_features": 3, "bn_momentum": 0.2})
+
+
+def test_tokenizers_normalizer_and_pruning_treat_buffers_as_documented():
+    from wsl.normalize import Normalizer
+    from wsl.prune import magnitude_prune, prunable_mask
+    from wsl.tokenize import ChunkTokenizer, NeuronTokenizer, tokenizer_from_dict
+
+    arch, _ = ARCHS["resnet"]
+    layout, _, flat = population(arch)
+    T = layout.num_trainable
+    pairs = [(NeuronTokenizer(layout), NeuronTokenizer(layout, include_buffers=False)),
+             (ChunkTokenizer(layout, 16), ChunkTokenizer(layout, 16, include_buffers=False)),
+             (ChunkTokenizer(layout, 16, per_tensor=False), ChunkTokenizer(layout, 16, False, include_buffers=False))]
+    for tok, only in pairs:
+        assert torch.equal(tok.decode(tok.encode(flat)), flat)  # default: buffers are tokens too
+        assert "include_buffers" not in tok.to_dict()
+        t = only.encode(flat)
+        assert t.numel() < tok.encode(flat).numel()
+        with pytest.raises(UserError, match="exclude the layout's"):
+            only.decode(t)
+        assert torch.equal(only.decode(t, buffers=flat[:, T:]), flat)
+        again = tokenizer_from_dict(only.to_dict())
+        assert torch.equal(again.encode(flat), t) and not again.include_buffers
+    norm = Normalizer.fit(flat, layout)
+    assert torch.equal(norm.inverse(norm.transform(flat)), flat)
+    keep = Normalizer.fit(flat, layout, include_buffers=False)
+    z = keep.transform(flat)
+    assert torch.equal(z[:, T:], flat[:, T:].double()) and not torch.equal(z[:, :T], flat[:, :T].double())
+    assert not prunable_mask(layout, include_bias=True)[T:].any()
+    pruned, _ = magnitude_prune(flat, layout, 0.9, include_bias=True)
+    assert torch.equal(pruned[:, T:], flat[:, T:])
