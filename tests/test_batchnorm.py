@@ -178,3 +178,18 @@ def test_tokenizers_normalizer_and_pruning_treat_buffers_as_documented():
     assert not prunable_mask(layout, include_bias=True)[T:].any()
     pruned, _ = magnitude_prune(flat, layout, 0.9, include_bias=True)
     assert torch.equal(pruned[:, T:], flat[:, T:])
+
+
+@pytest.mark.parametrize("key", ["resnet", "resnet1d", "cnn2d_bn", "cnn1d_bn"])
+def test_prepared_params_fold_batchnorm_for_evaluation_only(key):
+    from wsl.functional import prepare_params
+
+    arch, shape = ARCHS[key]
+    layout, mods, flat = population(arch)
+    x = torch.randn(B, *shape)
+    with torch.no_grad():
+        ref = torch.stack([m.eval()(x) for m in mods])
+        prepared = prepare_params(layout, layout.unflatten(flat))
+        torch.testing.assert_close(population_forward(layout, prepared, x), ref, rtol=1e-4, atol=1e-5)
+    with pytest.raises(UserError, match="train mode"):
+        population_forward(layout, prepared, x, train=True)

@@ -91,8 +91,10 @@ def prepare_params(layout: ParamLayout, params: Mapping[str, torch.Tensor]) -> d
     `layout.unflatten` returns are strided across models, so stacking a layer's weights to
     [N * out, in] would copy them on every call, and a transposed weight view makes each bmm ~1.5x
     slower on CPU. Here the copies are paid once per cohort. Not for training (they would be stale
-    after an optimizer step).
+    after an optimizer step, and BatchNorm is folded into the convolutions: eval mode only, which
+    saves a pass over every BN's activations; the outputs equal the unfolded ones to float rounding).
     """
+    from wsl.functional.batchnorm import fold_for_eval
     from wsl.functional.conv import conv_weight
 
     out = {name: t.contiguous() for name, t in params.items()}
@@ -102,6 +104,8 @@ def prepare_params(layout: ParamLayout, params: Mapping[str, torch.Tensor]) -> d
             out[e.name + ":T"] = out[e.name].transpose(1, 2).contiguous()
         elif conv_family and len(e.shape) in (3, 4) and e.name.endswith(".weight"):
             out[e.name + ":conv"] = conv_weight(out, e.name)
+    if conv_family and layout.buffer_entries:
+        fold_for_eval(out, float(full_config(layout).get("bn_eps", 1e-5)))
     return out
 
 

@@ -50,7 +50,9 @@ def conv_weight(params, name: str) -> torch.Tensor:
 def conv(params, name: str, h: torch.Tensor, N: int, stride: int, padding: int, groups: int) -> torch.Tensor:
     """One conv of every model: h [B, C_in or N*C_in, (1,) *spatial] -> [B, N*C_out, (1,) *spatial']."""
     w_all = conv_weight(params, name)
-    bias = params.get(name[:-len("weight")] + "bias")
+    bias = params.get(name[:-len("weight")] + "bias:folded")
+    if bias is None:
+        bias = params.get(name[:-len("weight")] + "bias")
     if bias is not None:
         bias = bias.reshape(-1)
     one_d = params[name].dim() == 4
