@@ -106,7 +106,11 @@ def compare(name: str, layout, w, ds, repeats: int, device: str = "cpu") -> dict
     wd = w.to(device)
     _, ref_pred = loop_eval(layout, sds, x, y, device)
     res = evaluate(wd, layout, ds, device=device, return_predictions=True)
-    assert torch.equal(res.predictions, ref_pred.cpu()), f"{name}: fused predictions differ from the loop's"
+    agree = (res.predictions == ref_pred.cpu()).double().mean().item()
+    # CPU: the same predictions exactly. CUDA: cuDNN picks different algorithms (and TF32) for a grouped
+    # and a per-model convolution, so a near-tie may flip; more than 1 in 1,000 would be a bug
+    assert agree == 1.0 if not device.startswith("cuda") else agree >= 0.999, \
+        f"{name}: fused predictions differ from the loop's (agreement {agree:.5f})"
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     t_loop, t_fused = [], []
     for _ in range(repeats):
@@ -114,7 +118,7 @@ def compare(name: str, layout, w, ds, repeats: int, device: str = "cpu") -> dict
         t_fused.append(_both(lambda: evaluate(wd, layout, ds, device=device), sync))
     lw, lc = min(t for t, _ in t_loop), min(c for _, c in t_loop)
     fw, fc = min(t for t, _ in t_fused), min(c for _, c in t_fused)
-    out = {"loop_s": round(lw, 5), "fused_s": round(fw, 5), "ratio": round(lw / fw, 2),
+    out = {"loop_s": round(lw, 5), "fused_s": round(fw, 5), "ratio": round(lw / fw, 2), "prediction_agreement": agree,
            "loop_cpu_s": round(lc, 5), "fused_cpu_s": round(fc, 5), "ratio_cpu": round(lc / fc, 2), "plan": res.plan}
     print(f"{name}: {len(w)} models x {len(x)} samples: loop {lw * 1e3:.1f} ms, fused {fw * 1e3:.1f} ms -> "
           f"{out['ratio']}x wall, {out['ratio_cpu']}x CPU time  (tiles {res.plan['cohort_size']} models x "
@@ -208,7 +212,8 @@ def main() -> None:
     ds = load_dataset("digits", seed=0)
     mlp_layout, mlp_w = population(config_for(ds, {"name": "mlp", "width": 32, "depth": 2}), args.mlps)
     blocks = [int(b) for b in args.resnet_blocks.split(",")]
-    res_layout, res_w = resnet_population(ds, args.resnet_width, blocks, args.resnets)
+    res_layout, res_w = resnet_population(ds, args.resnet_width, blocks, args.resnets,
+                                          "cuda" if args.device.startswith("cuda") else "cpu")
     if args.device.startswith("cuda"):
         result = {"device": args.device, "torch": torch.__version__, "load_1min": [load_start]}
         result.update(cuda_rows(mlp_layout, mlp_w, res_layout, res_w, ds, args.repeats, args.device))
@@ -246,13 +251,14 @@ def main() -> None:
     print(json.dumps(result))
 
 
-def resnet_population(ds, width: int, blocks: list[int], n: int) -> tuple[ParamLayout, torch.Tensor]:
+def resnet_population(ds, width: int, blocks: list[int], n: int, device: str = "cpu") -> tuple[ParamLayout, torch.Tensor]:
     """n ResNets with BatchNorm whose running statistics are not the init's (0 / 1): each model's
-    statistics from a few train-mode batches, as trained models have."""
+    statistics from a few train-mode batches, as trained models have (computed on `device`)."""
     from wsl import reset_running_stats
 
     layout, w = population(config_for(ds, {"name": "resnet", "width": width, "blocks": blocks}), n, seed=20_000)
-    return layout, reset_running_stats(w, layout, ds.x_train[:512], batch_size=128)
+    w = reset_running_stats(w.to(device), layout, ds.x_train[:512].to(device), batch_size=128)
+    return layout, w.cpu()
 
 
 def cuda_rows(mlp_layout, mlp_w, res_layout, res_w, ds, repeats: int, device: str) -> dict:

@@ -98,8 +98,8 @@ class PopulationHessian:
                 if method == "autograd":
                     # the gradient with its graph, kept for every later product
                     self._grads.append(torch.autograd.grad(losses.sum(), self.leaves, create_graph=True))
-            self.loss += losses.detach().double() * frac
-            self.accuracy += per_model_accuracy(out.detach(), y, task).double() * frac
+            self.loss += losses.detach().double().cpu() * frac  # metrics on the CPU; weights may be on CUDA
+            self.accuracy += per_model_accuracy(out.detach(), y, task).double().cpu() * frac
         self._n, self._p = N, self.layout.num_params
         self.products = 0  # Hessian-vector products computed (each covers every model)
 
@@ -161,12 +161,12 @@ def top_eigenvalue(hess: PopulationHessian, iterations: int = 20, seeds: Sequenc
     gens = _generators(seeds, hess.n_models, EIG_SEED_OFFSET)
     # one randn per parameter tensor, in layout order: PyHessian's start vector after torch.manual_seed
     v = torch.stack([torch.cat([torch.randn(e.shape, generator=g).reshape(-1) for e in hess.layout.entries])
-                     for g in gens]).to(hess.dtype)
+                     for g in gens]).to(hess.leaves[0].device, hess.dtype)
     v = v / (v.norm(dim=1, keepdim=True) + 1e-6)
     eig = torch.zeros(hess.n_models, dtype=torch.float64)
     for _ in range(int(iterations)):
         hv = hess.hvp(v)
-        eig = (hv * v).sum(1).double()
+        eig = (hv * v).sum(1).double().cpu()
         v = hv / (hv.norm(dim=1, keepdim=True) + 1e-6)
     return (eig, v) if return_vectors else eig
 
@@ -176,8 +176,8 @@ def hutchinson_trace(hess: PopulationHessian, probes: int = 32, seeds: Sequence[
     gens = _generators(seeds, hess.n_models)
     total = torch.zeros(hess.n_models, dtype=torch.float64)
     for _ in range(int(probes)):
-        z = rademacher(gens, hess.n_params, hess.dtype)
-        total += (hess.hvp(z) * z).sum(1).double()
+        z = rademacher(gens, hess.n_params, hess.dtype).to(hess.leaves[0].device)  # drawn on the CPU
+        total += (hess.hvp(z) * z).sum(1).double().cpu()
     return total / int(probes)
 
 
