@@ -8,7 +8,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from store.errors import UserError
 from wsl.functional import activation as _act  # one activation table for modules and the batched forward
 from zoo.architectures.common import apply_init, take as _take
 
