@@ -143,4 +143,6 @@ def test_cli_refuses_code_from_a_store_without_trust_code(tmp_path, capsys):
     capsys.readouterr()
     assert main(["--store", store, "eval", "--where", "epoch = 1", "--dataset", "digits"]) == 2
     assert "--trust-code" in capsys.readouterr().err
+    assert not list((tmp_path / "store").glob("evaluations/*.parquet"))  # nothing written
     assert main(["--store", store, "--trust-code", "eval", "--where", "epoch = 1", "--dataset", "digits"]) == 0
+    assert list((tmp_path / "store").glob("evaluations/*.parquet"))
