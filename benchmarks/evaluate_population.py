@@ -7,6 +7,9 @@ for --repeats rounds (each way's best round is reported: background load only ev
    loop  = for each model: model.load_state_dict(its state dict); logits = model(x); loss, argmax
    fused = wsl.evaluate(weights [256, P], layout, dataset)  (same loss / accuracy per model)
 2. ratio_cnn: 64 small CNNs (cnn2d width 8: conv 1->8, conv 8->16, fc 64->16, head 16->10), same two ways.
+   ratio_resnet: 64 narrow ResNets with BatchNorm (resnet width 8, one BasicBlock per stage, 3 stages;
+   eval mode: each model's running statistics), same two ways; `--resnet-width 64 --resnet-blocks
+   2,2,2,2` is ResNet-18's shape (for a GPU).
 3. ratio_end_to_end: the 256 MLPs' checkpoints selected by SQL from a zoo store and scored
    (ZooStore.weights(SQL) -> wsl.evaluate), vs how zoos ship today: one torch.save state-dict file
    per checkpoint, selected through a JSON-lines metadata file, torch.load(weights_only=True) +
@@ -17,10 +20,11 @@ for --repeats rounds (each way's best round is reported: background load only ev
 Both ways produce the same predictions (checked every run). Each ratio is reported on wall-clock
 time (`ratio`) and on process CPU time (`ratio_cpu`, all threads): on a shared machine other jobs
 inflate wall time, the CPU time is what the work itself cost. With CUDA present it also times the
-MLP case on the GPU (ratio_mlp_cuda: per-model loop on the GPU vs fused on the GPU).
+MLP and ResNet cases on the GPU (ratio_mlp_cuda, ratio_resnet_cuda: per-model loop on the GPU vs
+fused on the GPU); `--device cuda` runs only those (what `make bench-gpu` asks for).
 
-Last line: JSON with ratio_mlp, ratio_cnn, ratio_end_to_end, fraction_of_gemm_peak (+ details).
-Targets on a 2-core CPU: >= 2, >= 1.0, >= 10 (GPU: ratio_mlp_cuda >= 20).
+Last line: JSON with ratio_mlp, ratio_cnn, ratio_resnet, ratio_end_to_end, fraction_of_gemm_peak (+ details).
+Targets on a 2-core CPU: >= 2, >= 1.0, >= 2, >= 10 (GPU: ratio_mlp_cuda >= 20).
 """
 from __future__ import annotations
 
@@ -102,7 +106,11 @@ def compare(name: str, layout, w, ds, repeats: int, device: str = "cpu") -> dict
     wd = w.to(device)
     _, ref_pred = loop_eval(layout, sds, x, y, device)
     res = evaluate(wd, layout, ds, device=device, return_predictions=True)
-    assert torch.equal(res.predictions, ref_pred.cpu()), f"{name}: fused predictions differ from the loop's"
+    agree = (res.predictions == ref_pred.cpu()).double().mean().item()
+    # CPU: the same predictions exactly. CUDA: cuDNN picks different algorithms (and TF32) for a grouped
+    # and a per-model convolution, so a near-tie may flip; more than 1 in 1,000 would be a bug
+    assert agree == 1.0 if not device.startswith("cuda") else agree >= 0.999, \
+        f"{name}: fused predictions differ from the loop's (agreement {agree:.5f})"
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     t_loop, t_fused = [], []
     for _ in range(repeats):
@@ -110,7 +118,7 @@ def compare(name: str, layout, w, ds, repeats: int, device: str = "cpu") -> dict
         t_fused.append(_both(lambda: evaluate(wd, layout, ds, device=device), sync))
     lw, lc = min(t for t, _ in t_loop), min(c for _, c in t_loop)
     fw, fc = min(t for t, _ in t_fused), min(c for _, c in t_fused)
-    out = {"loop_s": round(lw, 5), "fused_s": round(fw, 5), "ratio": round(lw / fw, 2),
+    out = {"loop_s": round(lw, 5), "fused_s": round(fw, 5), "ratio": round(lw / fw, 2), "prediction_agreement": agree,
            "loop_cpu_s": round(lc, 5), "fused_cpu_s": round(fc, 5), "ratio_cpu": round(lc / fc, 2), "plan": res.plan}
     print(f"{name}: {len(w)} models x {len(x)} samples: loop {lw * 1e3:.1f} ms, fused {fw * 1e3:.1f} ms -> "
           f"{out['ratio']}x wall, {out['ratio_cpu']}x CPU time  (tiles {res.plan['cohort_size']} models x "
@@ -188,20 +196,38 @@ def main() -> None:
     ap.add_argument("--mlps", type=int, default=256)
     ap.add_argument("--cnns", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--resnets", type=int, default=64)
+    ap.add_argument("--resnet-width", type=int, default=8, help="ResNet width (64: ResNet-18's)")
+    ap.add_argument("--resnet-blocks", default="1,1,1", help="BasicBlocks per stage (2,2,2,2: ResNet-18's)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    ap.add_argument("--device", default="cpu", help="cpu (everything, plus the CUDA rows when a GPU is there) "
+                    "or cuda (only the CUDA rows)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        sys.exit(f"--device {args.device}: torch {torch.__version__} sees no CUDA GPU here")
     load_start = load1()
 
     ds = load_dataset("digits", seed=0)
     mlp_layout, mlp_w = population(config_for(ds, {"name": "mlp", "width": 32, "depth": 2}), args.mlps)
+    blocks = [int(b) for b in args.resnet_blocks.split(",")]
+    res_layout, res_w = resnet_population(ds, args.resnet_width, blocks, args.resnets,
+                                          "cuda" if args.device.startswith("cuda") else "cpu")
+    if args.device.startswith("cuda"):
+        result = {"device": args.device, "torch": torch.__version__, "load_1min": [load_start]}
+        result.update(cuda_rows(mlp_layout, mlp_w, res_layout, res_w, ds, args.repeats, args.device))
+        result["resnet_arch"] = {"width": args.resnet_width, "blocks": args.resnet_blocks}
+        result["load_1min"].append(load1())
+        print(json.dumps(result))
+        return
     cnn_layout, cnn_w = population(config_for(ds, {"name": "cnn2d", "width": 8}), args.cnns, seed=10_000)
     peak = gemm_peak_gflops()
     print(f"fp32 GEMM peak (2048^3): {peak:.1f} GFLOP/s on {torch.get_num_threads()} threads", flush=True)
 
     mlp = compare("mlp", mlp_layout, mlp_w, ds, args.repeats)
     cnn = compare("cnn2d", cnn_layout, cnn_w, ds, args.repeats)
+    res = compare("resnet", res_layout, res_w, ds, args.repeats)
     gflops = mlp_flops(mlp_layout, args.mlps, len(ds.x_test)) / mlp["fused_s"] / 1e9
     loop_gflops = mlp_flops(mlp_layout, args.mlps, len(ds.x_test)) / mlp["loop_s"] / 1e9
     print(f"mlp fused: {gflops:.1f} GFLOP/s = {gflops / peak:.1%} of GEMM peak (loop {loop_gflops / peak:.1%})",
@@ -212,17 +238,33 @@ def main() -> None:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     result = {
-        "ratio_mlp": mlp["ratio"], "ratio_cnn": cnn["ratio"], "ratio_end_to_end": e2e["ratio"],
+        "ratio_mlp": mlp["ratio"], "ratio_cnn": cnn["ratio"], "ratio_resnet": res["ratio"],
+        "ratio_end_to_end": e2e["ratio"], "resnet": res,
+        "resnet_arch": {"width": args.resnet_width, "blocks": args.resnet_blocks},
         "fraction_of_gemm_peak": round(gflops / peak, 4), "loop_fraction_of_gemm_peak": round(loop_gflops / peak, 4),
         "gemm_peak_gflops": round(peak, 1), "mlp": mlp, "cnn": cnn, "end_to_end": e2e,
         "threads": torch.get_num_threads(), "torch": torch.__version__,
         "load_1min": [load_start, load1()],
     }
     if torch.cuda.is_available():
-        gpu = compare("mlp-cuda", mlp_layout, mlp_w, ds, args.repeats, device="cuda")
-        result["ratio_mlp_cuda"] = gpu["ratio"]
-        result["mlp_cuda"] = gpu
+        result.update(cuda_rows(mlp_layout, mlp_w, res_layout, res_w, ds, args.repeats, "cuda"))
     print(json.dumps(result))
+
+
+def resnet_population(ds, width: int, blocks: list[int], n: int, device: str = "cpu") -> tuple[ParamLayout, torch.Tensor]:
+    """n ResNets with BatchNorm whose running statistics are not the init's (0 / 1): each model's
+    statistics from a few train-mode batches, as trained models have (computed on `device`)."""
+    from wsl import reset_running_stats
+
+    layout, w = population(config_for(ds, {"name": "resnet", "width": width, "blocks": blocks}), n, seed=20_000)
+    w = reset_running_stats(w.to(device), layout, ds.x_train[:512].to(device), batch_size=128)
+    return layout, w.cpu()
+
+
+def cuda_rows(mlp_layout, mlp_w, res_layout, res_w, ds, repeats: int, device: str) -> dict:
+    gpu = compare("mlp-cuda", mlp_layout, mlp_w, ds, repeats, device=device)
+    res = compare("resnet-cuda", res_layout, res_w, ds, repeats, device=device)
+    return {"ratio_mlp_cuda": gpu["ratio"], "ratio_resnet_cuda": res["ratio"], "mlp_cuda": gpu, "resnet_cuda": res}
 
 
 if __name__ == "__main__":

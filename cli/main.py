@@ -50,8 +50,14 @@ def root(
     store: Optional[Path] = typer.Option(None, "--store", help="Store directory for every command (default: $WSL_STORE, else ./wsl-store)."),
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    trust_code: bool = typer.Option(False, "--trust-code", help="Let architecture configs read from a store (a pulled or published zoo) import the code they name, e.g. {name = \"module\", path = \"pkg.mod:build\"}. Only for code you trust."),
 ) -> None:
     common.set_global_store(str(store) if store else None)
+    from store.architectures import trust_code as trust, untrust_code
+
+    untrust_code()  # each invocation decides anew (tests call main() many times in one process)
+    if trust_code:
+        trust()
 
 
 for _name in COMMAND_MODULES:

@@ -20,7 +20,8 @@ def test_width_is_the_load_axis(name):
     assert big.num_params > small.num_params
 
 
-def test_no_batchnorm_buffers_anywhere():
+def test_default_configs_have_no_buffers():
+    """BatchNorm is opt-in for these families: their default layouts (and stored layout_ids) stay buffer-free."""
     for ds_name, names in [("digits", ["mlp", "cnn2d", "transformer"]), ("mnist1d", ["cnn1d"]), ("sciml:sine", ["siren"])]:
         ds = load_dataset(ds_name)
         for n in names:

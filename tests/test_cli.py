@@ -30,8 +30,8 @@ def test_unknown_dataset_is_one_line_with_the_fix(run_cli):
 
 
 def test_unknown_architecture_and_malformed_config(run_cli):
-    code, _, err = run_cli("layout", '{"name": "resnet"}')
-    assert code == 2 and "unknown architecture 'resnet'" in err
+    code, _, err = run_cli("layout", '{"name": "resnet9000"}')
+    assert code == 2 and "unknown architecture 'resnet9000'" in err
     code, _, err = run_cli("layout", "{name: mlp")
     assert code == 2 and "is not valid JSON" in err
     code, _, err = run_cli("layout", '{"name": "mlp"}', "--dataset", "digits-pair:4-4")

@@ -143,3 +143,16 @@ def test_grouping_and_initialisation():
     arch = json.loads(rows[0]["arch_config"])
     a, b = init_params(arch, [3, 4]), init_params(arch, [3])
     assert torch.equal(a[0], b[0]) and not torch.equal(a[0], a[1])
+
+
+def test_batchnorm_resnet_cohort_equals_solo():
+    """Per-model batch statistics and running-stat updates: a ResNet cohort equals each model trained alone."""
+    rows = expand(base(epochs=1, batch_size=128, architecture={"name": "resnet", "width": 2, "blocks": [1, 1]},
+                       optimizer={"name": "sgd", "lr": [0.05, 0.02], "momentum": 0.9}))
+    layout = layout_for(json.loads(rows[0]["arch_config"]))
+    assert layout.num_buffers > 0
+    cks, _ = train(rows)
+    for i, row in enumerate(rows):
+        ref, acc = solo_torch(row)
+        torch.testing.assert_close(cks[-1].params[i], ref, rtol=1e-4, atol=1e-5)
+        assert cks[-1].metrics["test_acc"][i] == pytest.approx(acc, abs=1.5 / len(load_dataset("digits").x_test))

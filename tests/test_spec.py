@@ -102,7 +102,7 @@ def test_pair_pattern_and_checkpoint_schedule():
     ({"optimizer": {"lr": {"log_uniform": [1e-3, 1e-1]}}}, ["optimizer.lr", "random"]),
     ({"checkpoints": {"epochs": [0, 9]}}, ["checkpoints.epochs", "epoch 9"]),
     ({"sampling": {"method": "random"}}, ["num_samples"]),
-    ({"architecture": {"name": "resnet"}}, ["architecture.name", "mlp"]),
+    ({"architecture": {"name": "resnet9000"}}, ["architecture.name", "mlp"]),
 ])
 def test_validation_names_the_key_and_the_allowed_values(bad, words):
     with pytest.raises(UserError) as e:
@@ -152,5 +152,9 @@ def test_builtin_specs_parse_and_span_what_they_promise():
     assert len(pairs.datasets) == 45 and len(pairs.seeds) >= 2
     assert load_spec("mnist1d-cnn").architecture["name"] == "cnn1d"
     assert load_spec("sciml-inr").architecture["name"] == "siren"
+    for name, arch in (("digits-resnet", "resnet"), ("mnist1d-resnet", "resnet1d")):
+        s = load_spec(name)
+        assert s.architecture["name"] == arch and len(s.architecture["width"]) >= 2 and len(s.seeds) >= 2
+        assert s.num_models <= 16 and max(s.architecture["width"]) <= 16  # narrow: minutes on a laptop CPU
     demo = load_spec("demo")
     assert demo.num_models <= 16 and len(expand(demo)) == demo.num_models

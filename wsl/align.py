@@ -9,90 +9,30 @@ averaging or comparing them without undoing it mixes unrelated units.
     aligned = apply_permutation(other, layout, perms)     # same function, units reordered to match
     aug = random_permutation(weights, layout, generator)  # function-preserving augmentation, [N, P]
 
-Supported: mlp and siren (each hidden Linear layer), cnn2d (each conv's output
-channels, including their spatial blocks in the flattened features, and the
-hidden fc layer), cnn1d (each conv's output channels). A permutation `perm`
-of a group maps position j to the other model's unit perm[j] (new = old[perm]).
+Supported (rules in wsl/symmetry.py): mlp and siren (each hidden Linear layer),
+cnn2d / cnn1d (each conv's output channels, with their BatchNorm's parameters
+and statistics), resnet / resnet1d (one permutation per residual stream, one
+per block-inner conv). A permutation `perm` of a group maps position j to the
+other model's unit perm[j] (new = old[perm]). Buffers (BatchNorm running
+statistics) are permuted with their units, so a permuted model computes the
+same function in train and in eval mode.
 
 Weight matching maximizes sum over layers <W_ref, P_l W_other P_{l-1}^T> (plus
-biases) by coordinate descent: one group at a time, a linear assignment
+biases and BatchNorm affines; not the running statistics, which are not
+weights) by coordinate descent: one group at a time, a linear assignment
 (scipy's linear_sum_assignment) with the other groups fixed, until no group
 improves.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 
 from store.errors import UserError
 from store.layout import ParamLayout
-from wsl.functional import full_config
+from wsl.symmetry import ALIGNABLE, PermutationSpec, permutation_spec  # noqa: F401 (re-exported)
 
 __all__ = ["PermutationSpec", "permutation_spec", "apply_permutation", "random_permutation", "weight_matching",
            "align", "ALIGNABLE"]
-
-ALIGNABLE = ("mlp", "siren", "cnn2d", "cnn1d")
-
-
-@dataclass
-class PermutationSpec:
-    """groups: name -> size. axes: param name -> per axis (group or None, block).
-
-    `block` is how many consecutive indices one unit occupies along that axis
-    (1, or H*W where a conv's channels are flattened into a Linear's inputs).
-    """
-
-    groups: dict[str, int]
-    axes: dict[str, tuple[tuple[str | None, int], ...]]
-    occurrences: dict[str, list[tuple[str, int, int]]] = field(default_factory=dict)
-
-    def __post_init__(self):
-        occ: dict[str, list[tuple[str, int, int]]] = {g: [] for g in self.groups}
-        for name, per_axis in self.axes.items():
-            for axis, (g, block) in enumerate(per_axis):
-                if g is not None:
-                    occ[g].append((name, axis, block))
-        self.occurrences = occ
-
-
-def permutation_spec(layout: ParamLayout) -> PermutationSpec:
-    """Which axes of which parameters each hidden-unit permutation acts on."""
-    cfg = full_config(layout)
-    name = cfg["name"]
-    shapes = {e.name: e.shape for e in layout.entries}
-    axes: dict[str, list[tuple[str | None, int]]] = {n: [(None, 1)] * len(s) for n, s in shapes.items()}
-    groups: dict[str, int] = {}
-    if name in ("mlp", "siren"):
-        L = sum(1 for n in shapes if n.endswith(".weight"))
-        for i in range(L - 1):
-            g = f"layers.{i}"
-            groups[g] = shapes[f"layers.{i}.weight"][0]
-            axes[f"layers.{i}.weight"][0] = (g, 1)
-            axes[f"layers.{i}.bias"][0] = (g, 1)
-            axes[f"layers.{i + 1}.weight"][1] = (g, 1)
-    elif name in ("cnn2d", "cnn1d"):
-        n_conv = sum(1 for n in shapes if n.startswith("convs.") and n.endswith(".weight"))
-        for i in range(n_conv):
-            g = f"convs.{i}"
-            groups[g] = shapes[f"convs.{i}.weight"][0]
-            axes[f"convs.{i}.weight"][0] = (g, 1)
-            axes[f"convs.{i}.bias"][0] = (g, 1)
-            if i + 1 < n_conv:
-                axes[f"convs.{i + 1}.weight"][1] = (g, 1)
-        last = f"convs.{n_conv - 1}"
-        nxt = "fc.weight" if "fc.weight" in shapes else "head.weight"
-        block = shapes[nxt][1] // groups[last]
-        axes[nxt][1] = (last, block)  # flatten(1) puts each channel's spatial block together
-        if "fc.weight" in shapes:
-            groups["fc"] = shapes["fc.weight"][0]
-            axes["fc.weight"][0] = ("fc", 1)
-            axes["fc.bias"][0] = ("fc", 1)
-            axes["head.weight"][1] = ("fc", 1)
-    else:
-        raise UserError(f"permutation alignment supports {', '.join(ALIGNABLE)}, not {name!r}",
-                        "align models of one of those architectures")
-    return PermutationSpec(groups, {n: tuple(a) for n, a in axes.items()})
 
 
 def _axis_index(perm: torch.Tensor, block: int) -> torch.Tensor:
@@ -177,6 +117,8 @@ def weight_matching(reference: torch.Tensor, other: torch.Tensor, layout: ParamL
             cost = torch.zeros(size, size, dtype=torch.float64)
             batch_perms = {k: v.unsqueeze(0) for k, v in perms.items()}
             for name, axis, block in spec.occurrences[g]:
+                if layout[name].buffer:
+                    continue
                 bp = _permute_tensor(b[name].unsqueeze(0), spec.axes[name], batch_perms, skip=g)[0]
                 cost += _unit_matrix(a[name], axis, size) @ _unit_matrix(bp, axis, size).T
             _, cols = linear_sum_assignment(cost.numpy(), maximize=True)

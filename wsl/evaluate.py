@@ -106,6 +106,12 @@ def activation_floats(layout: ParamLayout) -> int:
     if name == "transformer":
         T, D, H = cfg["seq_len"], cfg["width"], cfg["heads"]
         return max(T * max(3, cfg["mlp_ratio"]) * D, H * T * T)
+    if name in ("resnet", "resnet1d"):  # stage s: width * 2**s channels at the input size / 2**s
+        size = cfg["length"] if name == "resnet1d" else cfg["image_size"]
+        spatial = size if isinstance(size, int) and name == "resnet1d" else (
+            size * size if isinstance(size, int) else size[0] * size[1])
+        per_halving = 2 if name == "resnet1d" else 4
+        return max(cfg["width"] * 2 ** s * max(1, spatial // per_halving ** s) for s in range(len(cfg["blocks"])))
     return max(64, max(math.prod(s) for s in shapes) // 4)
 
 
@@ -282,7 +288,7 @@ def _num_outputs(layout: ParamLayout) -> int:
     cfg = full_config(layout)
     if "out_features" in cfg:
         return int(cfg["out_features"])
-    return int(layout.entries[-1].shape[0])  # a registered architecture: the head's bias
+    return int(layout.param_entries[-1].shape[0])  # a registered architecture: the head's bias
 
 
 def _regroup(parts: list[torch.Tensor], per_cohort: int) -> list[torch.Tensor]:

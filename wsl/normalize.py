@@ -11,7 +11,10 @@ population; the statistics travel with the generator so samples map back:
     norm.save("gen/normalizer.json"); Normalizer.load("gen/normalizer.json")
 
 Statistics: for each tensor of the layout, the mean and std over all models and
-all entries of that tensor (std of a constant tensor is taken as 1).
+all entries of that tensor (std of a constant tensor is taken as 1). Buffers
+(BatchNorm running statistics) are tensors like the others by default, so a
+generator sees standardized statistics and its samples come back with their
+own; `fit(..., include_buffers=False)` leaves them as they are (mean 0, std 1).
 
 Exactness: arithmetic is float64 and `transform` returns float64 by default, so
 `inverse(transform(w))` cast to w's dtype reproduces float32/16 weights exactly
@@ -57,12 +60,17 @@ class Normalizer:
 
     # ----- fitting ---------------------------------------------------------
     @classmethod
-    def fit(cls, weights: torch.Tensor, layout: ParamLayout, min_std: float = 1e-8) -> "Normalizer":
-        """Statistics of each tensor over all models ([N, P] or [P]) and all of its entries."""
+    def fit(cls, weights: torch.Tensor, layout: ParamLayout, min_std: float = 1e-8,
+            include_buffers: bool = True) -> "Normalizer":
+        """Statistics of each tensor over all models ([N, P] or [P]) and all of its entries (buffers: see above)."""
         w = layout.check_flat(weights).detach().to("cpu", torch.float64)
         w = w.reshape(-1, layout.num_params)
         means, stds = [], []
         for e in layout.entries:
+            if e.buffer and not include_buffers:
+                means.append(torch.tensor(0.0, dtype=torch.float64))
+                stds.append(torch.tensor(1.0, dtype=torch.float64))
+                continue
             block = w[:, e.offset:e.offset + e.numel]
             m = block.mean()
             s = block.std(unbiased=False) if block.numel() > 1 else torch.tensor(0.0, dtype=torch.float64)

@@ -8,7 +8,8 @@ together are zeroed (not a per-layer quota), exactly round(sparsity * Q) of
 the Q prunable entries (ties broken by position), so the achieved sparsity
 equals the requested one up to rounding. Prunable: weight matrices and
 kernels (tensors with 2+ dims, excluding a transformer's `pos` table) unless
-`include_bias=True` adds the 1-D tensors (biases, norm gains).
+`include_bias=True` adds the 1-D tensors (biases, norm gains). Buffers
+(BatchNorm running statistics) are never pruned: they are not weights.
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ __all__ = ["prunable_mask", "magnitude_prune", "prune_sweep"]
 def prunable_mask(layout: ParamLayout, include_bias: bool = False) -> torch.Tensor:
     """[P] bool: which coordinates global magnitude pruning may zero."""
     m = torch.zeros(layout.num_params, dtype=torch.bool)
-    for e in layout.entries:
+    for e in layout.param_entries:
         if (len(e.shape) >= 2 and e.name != "pos") or include_bias:
             m[e.offset:e.offset + e.numel] = True
     return m

@@ -20,6 +20,12 @@ Both are a precomputed gather index into the flat vector, so
 `token_tensor` [T] (which parameter tensor a token comes from) and
 `token_position` [T] (its index within that tensor's tokens) are what a
 sequence model uses as layer/position embeddings.
+
+Buffers (BatchNorm running statistics, stored after the parameters): tokenized
+like any tensor by default, so a decoded vector is a whole model, statistics
+included. `include_buffers=False` tokenizes the parameters only; `decode` then
+needs the buffer values (`buffers=`, [N, num_buffers]: e.g. a reference
+model's, or zeros to be replaced by `wsl.reset_running_stats`).
 """
 from __future__ import annotations
 
@@ -38,11 +44,12 @@ class _IndexTokenizer:
 
     kind = "index"
 
-    def __init__(self, layout: ParamLayout, rows: list[tuple[int, torch.Tensor]]):
+    def __init__(self, layout: ParamLayout, rows: list[tuple[int, torch.Tensor]], include_buffers: bool = True):
         """rows: (tensor number, flat positions of the token's values) in token order."""
         if not rows:
             raise UserError(f"layout {layout.layout_id} gives no tokens", "tokenize a layout with parameters")
         self.layout = layout
+        self.include_buffers = bool(include_buffers) or not layout.buffer_entries
         P = layout.num_params
         D = max(len(r) for _, r in rows)
         index = torch.full((len(rows), D), P, dtype=torch.long)
@@ -52,7 +59,8 @@ class _IndexTokenizer:
             mask[t, :len(pos)] = True
         covered = torch.zeros(P + 1, dtype=torch.long)
         covered.scatter_add_(0, index[mask], torch.ones(int(mask.sum()), dtype=torch.long))
-        if not bool((covered[:P] == 1).all()):
+        want = torch.ones(P, dtype=torch.long) if self.include_buffers else layout.trainable.long()
+        if not torch.equal(covered[:P], want):
             raise RuntimeError("tokenizer does not cover every parameter exactly once")  # a bug, not user input
         self.index = index
         self.mask = mask
@@ -77,8 +85,10 @@ class _IndexTokenizer:
         idx = self.index.to(w.device)
         return padded[..., idx]
 
-    def decode(self, tokens: torch.Tensor) -> torch.Tensor:
-        """[N, T, D] or [T, D] -> [N, P] or [P]; padded entries are ignored."""
+    def decode(self, tokens: torch.Tensor, buffers: torch.Tensor | None = None) -> torch.Tensor:
+        """[N, T, D] or [T, D] -> [N, P] or [P]; padded entries are ignored.
+
+        buffers: the buffer values ([N, num_buffers] or [num_buffers]) when the tokens exclude them."""
         T, D = self.index.shape
         if not isinstance(tokens, torch.Tensor) or tuple(tokens.shape[-2:]) != (T, D) or tokens.dim() not in (2, 3):
             shape = tuple(tokens.shape) if isinstance(tokens, torch.Tensor) else type(tokens).__name__
@@ -88,10 +98,23 @@ class _IndexTokenizer:
         flat_idx = self.index.to(tokens.device)[mask]  # [P] positions, in token order
         out = tokens.new_empty(tokens.shape[:-2] + (self.layout.num_params,))
         out[..., flat_idx] = tokens[..., mask]
+        if not self.include_buffers:
+            nb = self.layout.num_buffers
+            if not isinstance(buffers, torch.Tensor) or buffers.shape[-1] != nb or buffers.dim() > out.dim():
+                raise UserError(f"these tokens exclude the layout's {nb} buffer values (BatchNorm statistics)",
+                                f"pass decode(tokens, buffers=...) with [N, {nb}] values (a reference model's, or "
+                                "zeros followed by wsl.reset_running_stats)")
+            out[..., self.layout.num_trainable:] = buffers.to(out.dtype)
+        elif buffers is not None:
+            raise UserError("decode got buffers, but these tokens include them", "call decode(tokens)")
         return out
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "layout": self.layout.to_dict(), **self._settings()}
+        extra = {} if self.include_buffers else {"include_buffers": False}  # older dicts stay as they were
+        return {"kind": self.kind, "layout": self.layout.to_dict(), **self._settings(), **extra}
+
+    def _entries(self, layout: ParamLayout, include_buffers: bool):
+        return [(ti, e) for ti, e in enumerate(layout.entries) if include_buffers or not e.buffer]
 
     def _settings(self) -> dict[str, Any]:
         return {}
@@ -110,15 +133,15 @@ class NeuronTokenizer(_IndexTokenizer):
 
     kind = "neuron"
 
-    def __init__(self, layout: ParamLayout, max_token: int | None = None):
+    def __init__(self, layout: ParamLayout, max_token: int | None = None, include_buffers: bool = True):
         """max_token: split rows longer than this into several tokens (a wide first layer); default no limit."""
         if max_token is not None and max_token < 1:
             raise UserError(f"max_token must be >= 1, got {max_token}", "pass a positive max_token or None")
         self.max_token = max_token
-        names = set(layout.names)
+        names = {e.name for _, e in self._entries(layout, include_buffers)}
         used: set[str] = set()
         groups: list[tuple[int, list[torch.Tensor], bool]] = []  # (tensor number, rows, lone vector?)
-        for ti, e in enumerate(layout.entries):
+        for ti, e in self._entries(layout, include_buffers):
             if e.name in used:
                 continue
             prefix, _, leaf = e.name.rpartition(".")
@@ -142,7 +165,7 @@ class NeuronTokenizer(_IndexTokenizer):
             for r in rs:
                 width = lone_width if lone else (max_token or len(r))
                 rows += [(ti, piece) for piece in r.split(min(width, max_token or width))]
-        super().__init__(layout, rows)
+        super().__init__(layout, rows, include_buffers)
 
     def _settings(self) -> dict[str, Any]:
         return {"max_token": self.max_token}
@@ -153,21 +176,22 @@ class ChunkTokenizer(_IndexTokenizer):
 
     kind = "chunk"
 
-    def __init__(self, layout: ParamLayout, chunk_size: int = 64, per_tensor: bool = True):
+    def __init__(self, layout: ParamLayout, chunk_size: int = 64, per_tensor: bool = True, include_buffers: bool = True):
         if not isinstance(chunk_size, int) or chunk_size < 1:
             raise UserError(f"chunk_size must be a positive integer, got {chunk_size!r}", "e.g. chunk_size=64")
         self.chunk_size = chunk_size
         self.per_tensor = per_tensor
         rows: list[tuple[int, torch.Tensor]] = []
         if per_tensor:
-            for ti, e in enumerate(layout.entries):
+            for ti, e in self._entries(layout, include_buffers):
                 for piece in torch.arange(e.offset, e.offset + e.numel).split(chunk_size):
                     rows.append((ti, piece))
         else:
             owner = torch.repeat_interleave(torch.arange(len(layout)), torch.tensor([e.numel for e in layout.entries]))
-            for piece in torch.arange(layout.num_params).split(chunk_size):
+            size = layout.num_params if include_buffers else layout.num_trainable
+            for piece in torch.arange(size).split(chunk_size):
                 rows.append((int(owner[piece[0]]), piece))  # a chunk is labelled by the tensor it starts in
-        super().__init__(layout, rows)
+        super().__init__(layout, rows, include_buffers)
 
     def _settings(self) -> dict[str, Any]:
         return {"chunk_size": self.chunk_size, "per_tensor": self.per_tensor}
@@ -180,9 +204,10 @@ def tokenizer_from_dict(d: Mapping[str, Any]) -> _IndexTokenizer:
         kind = d["kind"]
     except (KeyError, TypeError) as e:
         raise UserError(f"malformed tokenizer config ({e})", "pass what tokenizer.to_dict() wrote") from None
+    buffers = bool(d.get("include_buffers", True))
     if kind == "neuron":
-        return NeuronTokenizer(layout, d.get("max_token"))
+        return NeuronTokenizer(layout, d.get("max_token"), buffers)
     if kind == "chunk":
-        return ChunkTokenizer(layout, int(d.get("chunk_size", 64)), bool(d.get("per_tensor", True)))
+        return ChunkTokenizer(layout, int(d.get("chunk_size", 64)), bool(d.get("per_tensor", True)), buffers)
     raise UserError(f"unknown tokenizer kind {kind!r}", "use 'neuron' or 'chunk'")
 

@@ -160,8 +160,9 @@ class PopulationOptimizer:
 
 
 def state_layout(layout: ParamLayout, kind: str) -> ParamLayout:
-    """Layout of an optimizer-state vector: one block per buffer, each shaped like the parameters."""
-    return ParamLayout([(f"{b}/{e.name}", e.shape) for b in BUFFERS[kind] for e in layout.entries], "float32",
+    """Layout of an optimizer-state vector: one block per buffer, each shaped like the parameters
+    (the trainable ones: a model's BatchNorm statistics have no optimizer state)."""
+    return ParamLayout([(f"{b}/{e.name}", e.shape) for b in BUFFERS[kind] for e in layout.param_entries], "float32",
                        {"name": f"optimizer-state:{kind}", "params_layout_id": layout.layout_id})
 
 

@@ -6,10 +6,14 @@ optimizer family and schedule. Everything else may differ per model: learning
 rate, momentum, betas, weight decay, seed, even the dataset (the binary
 class-pair tasks of one base dataset train in one cohort).
 
-Each step runs `wsl.functional.population_forward` (hand-batched MLP / CNN
-paths, vmap fallback) on a per-model batch [M, B, *in], sums the models'
-mean losses, takes gradients with autograd, and updates every model with
-`zoo.optim.PopulationOptimizer`. Each model draws its data order and dropout
+Each step runs `wsl.functional.population_forward` (hand-batched MLP / CNN /
+ResNet paths, vmap fallback) in train mode on a per-model batch [M, B, *in],
+sums the models' mean losses, takes gradients with autograd, and updates every
+model with `zoo.optim.PopulationOptimizer`. The optimizer sees only the
+parameters (the first `layout.num_trainable` columns of the [M, P] tensor);
+BatchNorm's running statistics (the buffer columns after them) are replaced by
+the ones the train-mode forward returns, each model's from its own batch, as
+nn.BatchNorm does. Checkpoint metrics are eval mode (running statistics). Each model draws its data order and dropout
 masks from its own seed (and the epoch), never from the cohort: so a model
 trained in a cohort matches the same model trained alone, and a resumed run
 needs nothing but the stored weights, optimizer buffers and step count.
@@ -81,12 +85,27 @@ def init_params(arch: Mapping[str, Any], seeds: Sequence[int]) -> torch.Tensor:
 
 
 # ----- cohorts ----------------------------------------------------------------------------
+_HAS_BUFFERS: dict[str, bool] = {}
+
+
+def _has_buffers(row: Mapping[str, Any]) -> bool:
+    lid = row["layout_id"]
+    if lid not in _HAS_BUFFERS:
+        _HAS_BUFFERS[lid] = layout_for(json.loads(row["arch_config"])).num_buffers > 0
+    return _HAS_BUFFERS[lid]
+
+
 def cohort_key(row: Mapping[str, Any], start_epoch: int = 0) -> tuple:
-    """Models with equal keys can train as one cohort."""
+    """Models with equal keys can train as one cohort.
+
+    Models with BatchNorm also need equal training-set sizes: a cohort pads smaller datasets' last
+    batch, which a masked loss ignores but batch statistics would not.
+    """
     hp = json.loads(row["hparams"])
-    return (row["layout_id"], int(row["batch_size"]), int(row["steps_per_epoch"]), int(row["epochs"]),
-            row["optimizer"], json.dumps(hp["schedule"], sort_keys=True), row["task"], row["checkpoint_epochs"],
-            int(start_epoch))
+    key = (row["layout_id"], int(row["batch_size"]), int(row["steps_per_epoch"]), int(row["epochs"]),
+           row["optimizer"], json.dumps(hp["schedule"], sort_keys=True), row["task"], row["checkpoint_epochs"],
+           int(start_epoch))
+    return key + (int(row["n_train"]),) if _has_buffers(row) else key
 
 
 def group_cohorts(rows: Sequence[Mapping[str, Any]], start_epochs: Mapping[str, int] | None = None,
@@ -243,7 +262,7 @@ class CohortTrainer:
         opt_kw = {k: [r.get(k) if r.get(k) is not None else None for r in self.rows]
                   for k in ("momentum", "weight_decay", "beta1", "beta2", "eps")}
         opt_kw = {k: v for k, v in opt_kw.items() if all(x is not None for x in v)}
-        self.opt = PopulationOptimizer(self.kind, [float(r["lr"]) for r in self.rows], self.layout.num_params,
+        self.opt = PopulationOptimizer(self.kind, [float(r["lr"]) for r in self.rows], self.layout.num_trainable,
                                        device=self.device, **opt_kw)
         self.fresh = start is None
         if start is None:
@@ -257,16 +276,17 @@ class CohortTrainer:
             self.params = start.params.to(self.device, torch.float32).clone()
             self.opt.load_state_vector(start.opt_state.to(self.device, torch.float32), start.step)
         self.alive = torch.ones(m, dtype=torch.bool, device=self.device)
-        self._entries = [(e.name, e.offset, e.numel, e.shape) for e in self.layout.entries]
+        self._entries = [(e.name, e.offset, e.numel, e.shape, e.buffer) for e in self.layout.entries]
 
     # ----- the pieces -----------------------------------------------------------------
     def _views(self, flat: torch.Tensor, requires_grad: bool) -> dict[str, torch.Tensor]:
-        """name -> [M, *shape] views of the flat tensor; leaves (grads come back per tensor, no full-size slices)."""
+        """name -> [M, *shape] views of the flat tensor; parameters as leaves (grads come back per tensor, no
+        full-size slices), buffers as plain views."""
         m = flat.shape[0]
         out = {}
-        for name, off, n, shape in self._entries:
+        for name, off, n, shape, buffer in self._entries:
             v = flat[:, off:off + n].view(m, *shape)
-            out[name] = v.requires_grad_() if requires_grad else v
+            out[name] = v.requires_grad_() if requires_grad and not buffer else v
         return out
 
     def _epoch_indices(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -299,12 +319,17 @@ class CohortTrainer:
             mb = mask[:, s * B:(s + 1) * B] if mask is not None and s == self.steps_per_epoch - 1 else None
             xb, yb = self.data.batch(ib)
             params = self._views(self.params, True)
-            out = population_forward(self.layout, params, xb, shared_input=False, train=masks is not None,
-                                     dropout_masks=masks)
+            out, buffers = population_forward(self.layout, params, xb, shared_input=False, train=True,
+                                              dropout_masks=masks, return_buffers=True)
             loss = _per_model_loss(out, yb, self.data.task, mb)
             self.alive &= torch.isfinite(loss.detach())
-            grads = torch.autograd.grad(loss.sum(), list(params.values()))  # per tensor, layout order
-            self.opt.step(self.params, grads, lr_factor(self.schedule, self.opt.step_count, self.total_steps))
+            grads = torch.autograd.grad(loss.sum(), [params[n] for n in self.layout.trainable_names])  # layout order
+            T = self.layout.num_trainable
+            self.opt.step(self.params[:, :T], grads, lr_factor(self.schedule, self.opt.step_count, self.total_steps))
+            if buffers:  # BatchNorm: each model's running statistics after its own batch
+                with torch.no_grad():
+                    self.params[:, T:] = torch.cat([buffers[n].reshape(self.params.shape[0], -1)
+                                                    for n in self.layout.buffer_names], 1)
         if steps < self.steps_per_epoch:
             return int(idx[:, :steps * B].numel())
         return int(self.data.n_train.sum())

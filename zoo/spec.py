@@ -47,7 +47,7 @@ SCHEDULE_ALIASES = {"one-cycle": "onecycle", "one_cycle": "onecycle", "cos": "co
 SAMPLING_METHODS = ("grid", "random")
 DISTRIBUTIONS = ("log_uniform", "uniform", "int_uniform", "choice")
 # architecture keys whose single value is itself a list (a sweep is then a list of lists)
-LIST_VALUED_ARCH_KEYS = ("channels",)
+LIST_VALUED_ARCH_KEYS = ("channels", "blocks")
 
 
 def _is_num(v: Any) -> bool:
@@ -362,17 +362,18 @@ def parse_spec(data: dict[str, Any], source: str = "<dict>") -> ZooSpec:
 
     # [architecture]: "name" fixed; other keys go to the architecture's builder, which checks them
     arch_raw = dict(data["architecture"])
+    from zoo.architectures import REGISTRY, is_builtin, known
+
     if "name" not in arch_raw:
-        from zoo.architectures import REGISTRY
-
         raise UserError("spec [architecture] has no name", f"architecture.name must be one of: {', '.join(REGISTRY)}")
-    from zoo.architectures import REGISTRY
-
-    if arch_raw["name"] not in REGISTRY:
+    if not known(arch_raw["name"]):
         raise UserError(f"spec key architecture.name = {arch_raw['name']!r} is not allowed",
-                        f"architecture.name must be one of: {', '.join(REGISTRY)}")
-    arch_allowed = _architecture_keys(arch_raw["name"])
-    _unknown("architecture", arch_raw, arch_allowed | {"name"})
+                        f"architecture.name must be one of: {', '.join(REGISTRY)} (or a name registered with "
+                        "wsl.register_architecture)")
+    if is_builtin(arch_raw["name"]):
+        _unknown("architecture", arch_raw, _architecture_keys(arch_raw["name"]) | {"name"})
+    if arch_raw["name"] == "module":
+        _trust_module_path(arch_raw)
     architecture: dict[str, Any] = {"name": arch_raw.pop("name")}
     for k, v in arch_raw.items():
         architecture[k] = _sweep(f"architecture.{k}", v, None, rnd, list_valued=k in LIST_VALUED_ARCH_KEYS)
@@ -419,6 +420,18 @@ def _section(sec: str, raw: dict, params: dict[str, Param], rnd: bool, required:
             raise UserError(f"spec key {sec}.{k} is not used by {sec} {', '.join(sorted(names_set))}",
                             f"{sec}.{k} applies to {', '.join(p.applies_to)}; remove it or change {sec}.name")
     return out
+
+
+def _trust_module_path(arch: Mapping[str, Any]) -> None:
+    """A spec naming code to import: the user passed it, so its path is code they chose to run."""
+    from store.architectures import trust_code
+
+    path = arch.get("path")
+    if not isinstance(path, str) or path.count(":") != 1 or not all(path.split(":")):
+        raise UserError(f"spec key architecture.path = {path!r} is not allowed",
+                        "architecture.path must be one \"package.module:builder\" string (a class or a function "
+                        "returning an nn.Module)")
+    trust_code(path)
 
 
 def _architecture_keys(name: str) -> set[str]:
@@ -513,7 +526,7 @@ def expand(spec: ZooSpec | str | Path | Mapping[str, Any]) -> list[dict[str, Any
     what needs the data: a batch size larger than a training split is an error.
     """
     from store.layout import ParamLayout
-    from zoo.architectures import build, config_for
+    from zoo.architectures import build, check_fits, config_for, is_builtin
     from zoo.datasets import load_dataset
 
     spec = load_spec(spec)
@@ -533,11 +546,17 @@ def expand(spec: ZooSpec | str | Path | Mapping[str, Any]) -> list[dict[str, Any
         if key not in arch_cache:
             try:
                 module = build(config_for(ds, arch_user))  # arch_config: the full config, defaults filled in
-                layout = ParamLayout.from_module(module, module.arch_config)
+                layout = ParamLayout.from_module(module, getattr(module, "arch_config", arch_user))
+                if not is_builtin(arch_user["name"]):  # a user's module: does it take this dataset?
+                    check_fits(module, ds, f"architecture {arch_user['name']!r} ({arch_user.get('path', '')})")
             except UserError as e:
                 raise UserError(f"spec [architecture] {e.message}", e.fix) from None
             arch_cache[key] = (layout.arch, layout)
         arch, layout = arch_cache[key]
+        if layout.num_buffers and n_train % bs == 1:
+            raise UserError(f"spec key batch_size = {bs} leaves a last batch of 1 sample of dataset {ds.name!r} "
+                            f"({n_train} training samples), and BatchNorm's batch statistics need 2 or more",
+                            "pick a batch size that does not leave one sample over")
         opt = _optimizer_config(cfg)
         sched = _schedule_config(cfg)
         epochs = int(cfg["epochs"])

@@ -77,7 +77,8 @@ def fit_curves(layout: ParamLayout, w0: torch.Tensor, w1: torch.Tensor, x: torch
     names = layout.names
     a = list(param_views(layout, w0).values())
     b = list(param_views(layout, w1).values())
-    theta = [((p + q) / 2).detach().clone().requires_grad_(True) for p, q in zip(a, b)]
+    # buffers (BatchNorm statistics) are not trained: their control point stays at the endpoints' midpoint
+    theta = [((p + q) / 2).detach().clone().requires_grad_(not e.buffer) for e, p, q in zip(layout.entries, a, b)]
     n = len(x)
     steps_per_epoch = max(1, math.ceil(n / batch_size))
     total = int(epochs) * steps_per_epoch

@@ -76,14 +76,17 @@ class PopulationHessian:
         if method not in ("autograd", "func"):
             raise ValueError(f"method {method!r}: use 'autograd' or 'func'")
         layout.check_flat(weights)
-        self.layout, self.task, self.method = layout, task, method
+        # the Hessian is over the trainable parameters; BatchNorm statistics (buffers) are eval-mode constants
+        self.full_layout, self.layout, self.task, self.method = layout, layout.trainable_layout(), task, method
         self.batches = [(x, y) for x, y in batches]
         n_total = sum(len(x) for x, _ in self.batches)
         self.weights_per_batch = [len(x) / n_total for x, _ in self.batches]
         # one leaf per parameter tensor ([N, *shape]): differentiating w.r.t. slices of one flat
         # leaf would add a zero-fill + add of the whole [N, P] per tensor to every product
-        self.leaves = [t.detach().clone().requires_grad_(True) for t in param_views(layout, weights).values()]
-        self.params = dict(zip(layout.names, self.leaves))
+        views = param_views(layout, weights)
+        self.buffers = {n: views[n].detach() for n in layout.buffer_names}
+        self.leaves = [views[n].detach().clone().requires_grad_(True) for n in self.layout.names]
+        self.params = {**dict(zip(self.layout.names, self.leaves)), **self.buffers}
         N = weights.shape[0]
         self.loss = torch.zeros(N, dtype=torch.float64)
         self.accuracy = torch.zeros(N, dtype=torch.float64)
@@ -95,9 +98,9 @@ class PopulationHessian:
                 if method == "autograd":
                     # the gradient with its graph, kept for every later product
                     self._grads.append(torch.autograd.grad(losses.sum(), self.leaves, create_graph=True))
-            self.loss += losses.detach().double() * frac
-            self.accuracy += per_model_accuracy(out.detach(), y, task).double() * frac
-        self._n, self._p = N, weights.shape[1]
+            self.loss += losses.detach().double().cpu() * frac  # metrics on the CPU; weights may be on CUDA
+            self.accuracy += per_model_accuracy(out.detach(), y, task).double().cpu() * frac
+        self._n, self._p = N, self.layout.num_params
         self.products = 0  # Hessian-vector products computed (each covers every model)
 
     @property
@@ -113,8 +116,8 @@ class PopulationHessian:
         return self.leaves[0].dtype
 
     def _loss_fn(self, x: torch.Tensor, y: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
-        layout, task = self.layout, self.task
-        return lambda w: per_model_loss(population_forward(layout, param_views(layout, w), x), y, task).sum()
+        layout, full, buffers, task = self.layout, self.full_layout, self.buffers, self.task
+        return lambda w: per_model_loss(population_forward(full, {**param_views(layout, w), **buffers}, x), y, task).sum()
 
     def hvp(self, v: torch.Tensor) -> torch.Tensor:
         """[N, P] -> [N, P]: row i is H_i v_i (H_i the Hessian of model i's mean loss)."""
@@ -158,12 +161,12 @@ def top_eigenvalue(hess: PopulationHessian, iterations: int = 20, seeds: Sequenc
     gens = _generators(seeds, hess.n_models, EIG_SEED_OFFSET)
     # one randn per parameter tensor, in layout order: PyHessian's start vector after torch.manual_seed
     v = torch.stack([torch.cat([torch.randn(e.shape, generator=g).reshape(-1) for e in hess.layout.entries])
-                     for g in gens]).to(hess.dtype)
+                     for g in gens]).to(hess.leaves[0].device, hess.dtype)
     v = v / (v.norm(dim=1, keepdim=True) + 1e-6)
     eig = torch.zeros(hess.n_models, dtype=torch.float64)
     for _ in range(int(iterations)):
         hv = hess.hvp(v)
-        eig = (hv * v).sum(1).double()
+        eig = (hv * v).sum(1).double().cpu()
         v = hv / (hv.norm(dim=1, keepdim=True) + 1e-6)
     return (eig, v) if return_vectors else eig
 
@@ -173,8 +176,8 @@ def hutchinson_trace(hess: PopulationHessian, probes: int = 32, seeds: Sequence[
     gens = _generators(seeds, hess.n_models)
     total = torch.zeros(hess.n_models, dtype=torch.float64)
     for _ in range(int(probes)):
-        z = rademacher(gens, hess.n_params, hess.dtype)
-        total += (hess.hvp(z) * z).sum(1).double()
+        z = rademacher(gens, hess.n_params, hess.dtype).to(hess.leaves[0].device)  # drawn on the CPU
+        total += (hess.hvp(z) * z).sum(1).double().cpu()
     return total / int(probes)
 
 
