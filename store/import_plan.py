@@ -262,18 +262,10 @@ def _stored_rows(store: "ZooStore", table: str, key: str, ids: list[str]) -> pa.
 
 
 def _same(a: pa.Array, b: pa.Array) -> np.ndarray:
-    import pyarrow.compute as pc
+    """Element-wise equality where null == null and NaN == NaN (the store's own rule for idempotent appends)."""
+    from store.store import _same as same
 
-    if a.type != b.type:
-        try:
-            b = b.cast(a.type)
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
-            return np.zeros(len(a), dtype=bool)
-    eq = pc.fill_null(pc.equal(a, b), False)
-    same = pc.or_(eq, pc.and_(pc.is_null(a), pc.is_null(b)))
-    if pa.types.is_floating(a.type):
-        same = pc.or_(same, pc.fill_null(pc.and_(pc.is_nan(a), pc.is_nan(b)), False))
-    return same.to_numpy(zero_copy_only=False)
+    return same(a, b)
 
 
 def _conflicts(store: "ZooStore", table: str, key: str, t: pa.Table, where_from: Mapping[str, str]) -> np.ndarray:
