@@ -96,7 +96,7 @@ class LanczosResult:
     """Per model ([N] each): the eigenvalue, its relative residual bound, products used, and the Krylov basis."""
 
     eig: torch.Tensor  # largest-magnitude Ritz value (float64)
-    rel_residual: torch.Tensor  # |beta_k s_k| / |eig|: some eigenvalue lies within rel_residual * |eig|
+    rel_residual: torch.Tensor  # |beta_k s_k| / |eig|, at least sqrt(P) * eps of the dtype (what its products resolve)
     iterations: torch.Tensor  # Lanczos steps (= Hessian-vector products) this model used (int64)
     converged: torch.Tensor  # rel_residual <= tol (bool)
     basis: torch.Tensor  # [N, max(iterations), P], orthonormal rows; rows past iterations[i] are zero
@@ -122,7 +122,9 @@ def lanczos(hess, max_iter: int = 64, tol: float = 1e-3, seeds: Sequence[int] | 
     Model i stops at the first step k >= min_iter where |beta_k s_k| <= tol
     |theta| (its residual bound), at an invariant subspace (beta_k ~ 0, any
     step), or at max_iter;
-    `rel_residual` says what it reached. Full reorthogonalisation (classical
+    `rel_residual` says what it reached (never below sqrt(P) times the
+    dtype's machine epsilon: the products' own rounding bounds what any
+    residual can certify). Full reorthogonalisation (classical
     Gram-Schmidt, twice) keeps the basis orthonormal in float32, which the
     deflated trace relies on.
     """
@@ -130,6 +132,7 @@ def lanczos(hess, max_iter: int = 64, tol: float = 1e-3, seeds: Sequence[int] | 
     if k_max < 1:
         raise ValueError("max_iter must be >= 1")
     dev, dt = hess.device, hess.dtype
+    rounding = torch.finfo(dt).eps * P ** 0.5
     V = torch.zeros(N, k_max, P, device=dev, dtype=dt)
     alphas = torch.zeros(N, k_max, dtype=torch.float64)
     betas = torch.zeros(N, k_max, dtype=torch.float64)
@@ -160,6 +163,8 @@ def lanczos(hess, max_iter: int = 64, tol: float = 1e-3, seeds: Sequence[int] | 
             r = betas[:, k] * s_last.abs()
             scale = theta.abs()
             ratio = torch.where(scale > 0, r / scale.clamp_min(1e-300), torch.where(r > 0, float("inf"), 0.0))
+            # the recurrence's bound can fall far below what products in this dtype can resolve: floor it there
+            ratio = ratio.clamp_min(rounding)
             now = active & (((ratio <= tol) & (k + 1 >= min_iter)) | broke | final)
             eig = torch.where(now, theta, eig)
             rel = torch.where(now, ratio, rel)
