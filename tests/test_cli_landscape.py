@@ -24,7 +24,7 @@ depth = 1
 name = "sgd"
 lr = 0.1
 """
-FAST = ["--batches", "1", "--batch-size", "64", "--probes", "3", "--iterations", "3", "--curve-epochs", "1",
+FAST = ["--batches", "1", "--batch-size", "64", "--probes", "3", "--iterations", "3", "--deflation", "2", "--curve-epochs", "1",
         "--curve-points", "5"]
 
 
@@ -87,3 +87,35 @@ def test_help_lists_the_commands(run_cli):
     assert code == 0 and "landscape" in out
     code, out, _ = run_cli("plot", "--help")
     assert code == 0 and "phases" in out
+
+
+def _snapshot(store_dir):
+    return sorted((str(p.relative_to(store_dir)), p.stat().st_size) for p in store_dir.rglob("*") if p.is_file())
+
+
+def test_a_where_that_selects_nothing_is_refused_by_both_commands(run_cli, store_dir, tmp_path):
+    before = _snapshot(store_dir)
+    code, out, err = run_cli("zoo", "landscape", "--store", store_dir, "--where", "width = 1000", *FAST)
+    assert code == 2 and "--where 'width = 1000' selects no finished models" in err and "Traceback" not in err
+    assert _snapshot(store_dir) == before and ZooStore(store_dir).count("landscape") == 0
+    code, _, err = run_cli("zoo", "landscape", "--store", store_dir, "--relabel", "--where", "width = 1000")
+    assert code == 2 and ("width = 1000" in err or "no rows to relabel" in err)
+    assert run_cli("zoo", "landscape", "--store", store_dir, *FAST)[0] == 0
+    code, _, err = run_cli("plot", "phases", "--store", store_dir, "--where", "width = 1000", "--out", tmp_path / "p")
+    assert code == 2 and "--where 'width = 1000' selects no models" in err
+    assert not (tmp_path / "p").exists()
+
+
+@pytest.mark.parametrize("fmt,magic", [("pdf", b"%PDF"), ("svg", b"<?xml")])
+def test_plot_format_names_the_files_and_their_contents(run_cli, store_dir, tmp_path, fmt, magic):
+    assert run_cli("zoo", "landscape", "--store", store_dir, *FAST)[0] == 0
+    out_dir = tmp_path / fmt
+    code, out, err = run_cli("plot", "phases", "--store", store_dir, "--out", out_dir, "--plot-format", fmt,
+                             "--title", "a long title " * 12)
+    assert code == 0, err
+    figures = sorted(p for p in out_dir.iterdir() if p.name != "cells.csv")
+    assert {p.suffix for p in figures} == {"." + fmt} and len(figures) == 9
+    assert all(p.read_bytes().startswith(magic) for p in figures)
+    assert not list(out_dir.glob(".*"))  # no temporary files left
+    code, _, err = run_cli("plot", "phases", "--store", store_dir, "--out", tmp_path / "jpg", "--plot-format", "jpg")
+    assert code == 2 and "--plot-format 'jpg'" in err and not (tmp_path / "jpg").exists()

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import pandas as pd
 import pytest
 
 from store.store import ZooStore
@@ -18,7 +19,7 @@ TINY_SPEC = {
     "optimizer": {"name": "sgd", "lr": [0.05, 0.2], "momentum": 0.9},
 }
 # a recipe small enough for a test, with every knob away from its default
-FAST = Recipe(batches=2, batch_size=64, probes=4, iterations=5, curve_epochs=1, curve_points=5, curve_batch_size=256)
+FAST = Recipe(batches=2, batch_size=64, probes=4, iterations=5, deflation=3, curve_epochs=1, curve_points=5, curve_batch_size=256)
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +59,51 @@ def test_landscape_rows_carry_metrics_recipe_and_thresholds(store_dir):
     # the two seeds of a pair see the same pair value; each model's value is the mean over its two pairs
     by_cfg = store.sql("SELECT m.width, m.lr, l.mode_connectivity FROM landscape l JOIN models m USING (model_id)")
     assert by_cfg.groupby(["width", "lr"]).size().eq(3).all()
+
+
+def test_rows_store_probe_seeds_and_errors_that_reproduce_the_values(store_dir):
+    from zoo.datasets import load_dataset
+    from zoo.landscape.hessian import hessian_metrics
+
+    recipe = FAST.replace(hessian_seed=3)
+    compute_landscape(store_dir, where="width = 8", recipe=recipe)
+    store = ZooStore(store_dir)
+    rows = store.sql("SELECT * FROM landscape ORDER BY model_id")
+    assert (rows["hessian_probe_seed"] == [model_seed(m, 3) for m in rows["model_id"]]).all()
+    assert rows["hessian_probe_seed"].dtype == "int64"
+    assert ((rows["hessian_lanczos_steps"] >= 3) & (rows["hessian_lanczos_steps"] <= 5)).all()
+    assert (rows["hessian_hvps"] == rows["hessian_lanczos_steps"] + 4).all()
+    assert (rows["hessian_trace_se"] > 0).all() and (rows["hessian_top_eig_tol"] >= 0).all()
+    assert rows["phase_uncertain"].notna().all() and rows["phase_uncertain"].dtype == bool
+    # the stored seed and recipe recompute the stored values, one model alone
+    r0 = rows.iloc[0]
+    W, _ = store.weights([r0["checkpoint_id"]])
+    layout = store.layout(store.sql("SELECT layout_id FROM checkpoints WHERE checkpoint_id = $c",
+                                    {"c": r0["checkpoint_id"]})["layout_id"].iloc[0])
+    stored = Recipe.from_dict(json.loads(r0["recipe"]))
+    assert stored == recipe
+    hm = hessian_metrics(layout, W.float(), stored.eval_batches(load_dataset("digits")), iterations=stored.iterations,
+                         tol=stored.eig_tol, deflation=stored.deflation, probes=stored.probes,
+                         seeds=[int(r0["hessian_probe_seed"])])
+    for col in ("hessian_top_eig", "hessian_trace", "hessian_trace_se", "hessian_top_eig_tol"):
+        assert float(hm[col][0]) == pytest.approx(float(r0[col]), rel=1e-4), col
+    assert int(hm["hessian_lanczos_steps"][0]) == int(r0["hessian_lanczos_steps"])
+
+
+def test_phase_uncertain_rows_and_relabel(store_dir):
+    compute_landscape(store_dir, recipe=FAST, thresholds=Thresholds(loss=0.0))  # all "poorly trained": mc or trace decide
+    rows = ZooStore(store_dir).sql("SELECT * FROM landscape")
+    for _, r in rows.iterrows():
+        assert r["phase_uncertain"] == (pd.notna(r["phase_margin"]) and abs(r["phase_margin"]) <= 2.0)
+    # put the trace threshold on one model's trace: its label becomes uncertain, relabel says so
+    pick = rows.iloc[0]
+    th = Thresholds(loss=0.0, mc_tol=100.0, hessian_trace=float(pick["hessian_trace"]) + 0.5 * float(pick["hessian_trace_se"]))
+    relabel(store_dir, th)
+    new = ZooStore(store_dir).sql(f"SELECT * FROM landscape WHERE recipe_id = '{landscape_recipe_id(FAST, th)}'")
+    assert len(new) == 12 and new["phase_margin"].notna().all()  # mc_tol 100: the trace decides every label
+    mine = new.set_index("model_id").loc[pick["model_id"]]
+    assert mine["phase_margin"] == pytest.approx(-0.5) and bool(mine["phase_uncertain"]) is True
+    assert (new["phase_uncertain"] == (new["phase_margin"].abs() <= 2.0)).all()
 
 
 def test_rerun_is_a_no_op_and_where_selects_models(store_dir):
@@ -113,6 +159,10 @@ def test_phase_plots_from_the_store(store_dir, tmp_path):
         if p.suffix == ".png":
             assert p.stat().st_size > 1000 and p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert len((tmp_path / "plots" / "cells.csv").read_text().splitlines()) == 5
+    with pytest.raises(UserError, match=r"--where 'width = 1000' selects no models"):
+        phase_table(ZooStore(store_dir), where="width = 1000")
+    with pytest.raises(UserError, match=r"--where 'width = 4 AND epoch = 0' selects 6 models, none with landscape"):
+        phase_table(ZooStore(store_dir), where="width = 4 AND epoch = 0", epoch=0)
 
 
 def test_bad_input_is_a_user_error_and_writes_nothing(store_dir, tmp_path):
@@ -122,9 +172,11 @@ def test_bad_input_is_a_user_error_and_writes_nothing(store_dir, tmp_path):
         compute_landscape(tmp_path / "nowhere", recipe=FAST)
     with pytest.raises(UserError, match="no landscape rows"):
         phase_table(ZooStore(store_dir))
+    with pytest.raises(UserError, match=r"--where 'width = 1000' selects no finished models"):
+        compute_landscape(store_dir, where="width = 1000", recipe=FAST)
+    with pytest.raises(UserError, match="none with a checkpoint at epoch 7"):
+        compute_landscape(store_dir, epoch=7, recipe=FAST)
     assert ZooStore(store_dir).count("landscape") == 0
-    s = compute_landscape(store_dir, where="width = 1000", recipe=FAST)
-    assert (s.selected, s.computed) == (0, 0)
 
 
 def test_seed_pairs_and_model_seeds():
@@ -142,3 +194,27 @@ def test_builtin_phase_spec_is_a_width_by_temperature_grid_with_seed_pairs():
     assert len(rows) == 75
     cells = {(r["width"], r["lr"] / r["batch_size"]) for r in rows}
     assert len(cells) == 25 and all(sum((r["width"], r["lr"] / r["batch_size"]) == c for r in rows) == 3 for c in cells)
+
+
+def test_plot_texts_are_not_clipped_even_with_long_titles_and_axis_expressions(store_dir):
+    import matplotlib.pyplot as plt
+
+    from zoo.landscape.plot import clipped_texts, phase_figures
+
+    compute_landscape(store_dir, recipe=FAST)
+    df = phase_table(ZooStore(store_dir))
+    long_title = "zoo tiny-phases with a deliberately long title that would run off the figure: " * 3
+    long_load = "width * depth + 0 * (lr / batch_size) + a long expression for the load axis"
+    figs = phase_figures(cells(df), load_label=long_load, temp_label="lr / batch size " * 6, title=long_title)
+    try:
+        assert {"phase_map", "phase_diagram", "hessian_trace"} <= set(figs)
+        for name, fig in figs.items():
+            assert clipped_texts(fig) == [], name
+        # the check itself fails on a figure whose title runs off it
+        bad, ax = plt.subplots(figsize=(3, 2))
+        ax.set_title(long_title)
+        assert clipped_texts(bad)
+        plt.close(bad)
+    finally:
+        for fig in figs.values():
+            plt.close(fig)

@@ -9,8 +9,13 @@ speed over PyHessian's one-model-at-a-time loop comes from.
 
     hess = PopulationHessian(layout, weights, batches)    # weights [N, P]
     hess.loss, hess.accuracy                               # [N] on the same data
-    top = top_eigenvalue(hess, iterations=20, seeds=seeds) # power iteration, fixed count
-    tr = hutchinson_trace(hess, probes=32, seeds=seeds)    # Rademacher probes, fixed count
+    hm = hessian_metrics(layout, weights, batches, seeds=seeds)   # what `wsl zoo landscape` stores
+    hm["hessian_top_eig"], hm["hessian_top_eig_tol"]       # Lanczos to a relative tolerance
+    hm["hessian_trace"], hm["hessian_trace_se"]            # deflated Hutchinson and its standard error
+
+The estimators (Lanczos, deflated Hutchinson, and PyHessian's power iteration
+and plain Hutchinson for cross-checks) live in zoo/landscape/estimators.py;
+`dense_hessians` is the exact reference they are tested against.
 
 Two ways to get H v, both exact:
 - "autograd" (default): the gradient graph of each batch is built once with
@@ -18,15 +23,17 @@ Two ways to get H v, both exact:
   (what PyHessian does for one model, here for all models at once).
 - "func": torch.func forward-over-reverse, jvp(grad(loss)), recomputed per
   product; keeps no graph between products (less memory, more compute).
+Both go through `wsl.functional.population_forward`, so any architecture it
+runs gets its Hessian here.
 
 Seeds: model i's Rademacher probes are drawn from
 torch.Generator().manual_seed(seeds[i]), P values per probe in parameter
 order, which is exactly the sequence PyHessian draws after
 torch.manual_seed(seeds[i]) (one randint_like per parameter tensor); its
-power-iteration start vector likewise matches PyHessian's after
-torch.manual_seed(seeds[i] + EIG_SEED_OFFSET). So the two agree up to float
-rounding on the same model, data and counts, and a model's values do not
-depend on which other models share its cohort.
+start vector likewise matches PyHessian's after
+torch.manual_seed(seeds[i] + EIG_SEED_OFFSET). So PyHessian's estimators on
+these products agree with PyHessian up to float rounding, and a model's
+values do not depend on which other models share its cohort.
 """
 from __future__ import annotations
 
@@ -36,13 +43,16 @@ import torch
 
 from store.layout import ParamLayout
 from wsl.functional import population_forward
+from zoo.landscape.estimators import (EIG_SEED_OFFSET, deflated_trace, hutchinson_trace, lanczos, power_iteration,
+                                      rademacher)
 from zoo.landscape.recipe import param_views, per_model_accuracy, per_model_loss
 
+# PyHessian's name for the fixed-count power iteration (kept for cross-checks and old callers)
+top_eigenvalue = power_iteration
+__all__ = ["PopulationHessian", "hessian_metrics", "dense_hessians", "plan_tiles", "plan_cohort", "regroup", "lanczos",
+           "deflated_trace", "power_iteration", "top_eigenvalue", "hutchinson_trace", "rademacher", "EIG_SEED_OFFSET"]
+
 Batches = Sequence[tuple[torch.Tensor, torch.Tensor]]
-
-# the power-iteration start vector uses a stream separate from the probes'
-EIG_SEED_OFFSET = 1_000_003
-
 
 # Largest activation of one (models x samples) tile of the retained graph: about an L2 cache.
 # The products are dominated by elementwise passes over the graph's tensors, so a tile that
@@ -50,6 +60,8 @@ EIG_SEED_OFFSET = 1_000_003
 # per tile beat 64 by ~1.4x; width 64: 4 per tile beat 32 by ~1.3x).
 TILE_BYTES = 1 << 20
 MAX_GRAPH_SAMPLES = 1024
+# The Lanczos basis of a cohort ([models, iterations, P]) is kept for the deflated trace: cap its size.
+BASIS_BYTES = 256 << 20
 
 
 def plan_tiles(layout: ParamLayout, n_models: int, n_samples: int) -> tuple[int, int]:
@@ -59,6 +71,14 @@ def plan_tiles(layout: ParamLayout, n_models: int, n_samples: int) -> tuple[int,
     b = max(1, min(n_samples, MAX_GRAPH_SAMPLES))
     per_model = activation_floats(layout) * 4 * b
     return max(1, min(n_models, TILE_BYTES // max(1, per_model))), b
+
+
+def plan_cohort(layout: ParamLayout, n_models: int, n_samples: int, iterations: int,
+                element_size: int = 4) -> tuple[int, int]:
+    """`plan_tiles`, with the cohort also capped so its Lanczos bases ([models, iterations, P]) fit BASIS_BYTES."""
+    models, per_graph = plan_tiles(layout, n_models, n_samples)
+    basis = max(1, int(iterations) * layout.num_params * int(element_size))
+    return max(1, min(models, BASIS_BYTES // basis)), per_graph
 
 
 def regroup(batches: Batches, size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -115,6 +135,10 @@ class PopulationHessian:
     def dtype(self) -> torch.dtype:
         return self.leaves[0].dtype
 
+    @property
+    def device(self) -> torch.device:
+        return self.leaves[0].device
+
     def _loss_fn(self, x: torch.Tensor, y: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
         layout, full, buffers, task = self.layout, self.full_layout, self.buffers, self.task
         return lambda w: per_model_loss(population_forward(full, {**param_views(layout, w), **buffers}, x), y, task).sum()
@@ -137,76 +161,66 @@ class PopulationHessian:
         return out.detach()
 
 
-def _generators(seeds: Sequence[int] | None, n: int, offset: int = 0) -> list[torch.Generator]:
-    seeds = list(range(n)) if seeds is None else [int(s) for s in seeds]
-    if len(seeds) != n:
-        raise ValueError(f"{len(seeds)} seeds for {n} models")
-    return [torch.Generator().manual_seed(s + offset) for s in seeds]
-
-
-def rademacher(generators: Sequence[torch.Generator], n_params: int, dtype=torch.float32) -> torch.Tensor:
-    """One probe per model: [N, P] of +-1, model i's from generators[i] (PyHessian's draw order)."""
-    z = torch.stack([torch.randint(0, 2, (n_params,), generator=g) for g in generators]).to(dtype)
-    return z.mul_(2).sub_(1)
-
-
-def top_eigenvalue(hess: PopulationHessian, iterations: int = 20, seeds: Sequence[int] | None = None,
-                   return_vectors: bool = False):
-    """Largest-magnitude Hessian eigenvalue of every model by power iteration ([N]).
-
-    A fixed number of iterations (no tolerance), so every model gets the same
-    work and the recipe states it. The estimate after each product is the
-    Rayleigh quotient v^T H v of the current unit vector, as in PyHessian.
-    """
-    gens = _generators(seeds, hess.n_models, EIG_SEED_OFFSET)
-    # one randn per parameter tensor, in layout order: PyHessian's start vector after torch.manual_seed
-    v = torch.stack([torch.cat([torch.randn(e.shape, generator=g).reshape(-1) for e in hess.layout.entries])
-                     for g in gens]).to(hess.leaves[0].device, hess.dtype)
-    v = v / (v.norm(dim=1, keepdim=True) + 1e-6)
-    eig = torch.zeros(hess.n_models, dtype=torch.float64)
-    for _ in range(int(iterations)):
-        hv = hess.hvp(v)
-        eig = (hv * v).sum(1).double().cpu()
-        v = hv / (hv.norm(dim=1, keepdim=True) + 1e-6)
-    return (eig, v) if return_vectors else eig
-
-
-def hutchinson_trace(hess: PopulationHessian, probes: int = 32, seeds: Sequence[int] | None = None) -> torch.Tensor:
-    """Hutchinson trace estimate of every model's Hessian ([N]): mean of z^T H z over Rademacher z."""
-    gens = _generators(seeds, hess.n_models)
-    total = torch.zeros(hess.n_models, dtype=torch.float64)
-    for _ in range(int(probes)):
-        z = rademacher(gens, hess.n_params, hess.dtype).to(hess.leaves[0].device)  # drawn on the CPU
-        total += (hess.hvp(z) * z).sum(1).double().cpu()
-    return total / int(probes)
-
-
 def hessian_metrics(layout: ParamLayout, weights: torch.Tensor, batches: Batches, *, task: str = "classification",
-                    iterations: int = 20, probes: int = 32, seeds: Sequence[int] | None = None,
+                    iterations: int = 64, tol: float = 1e-3, deflation: int = 40, probes: int = 40,
+                    seeds: Sequence[int] | None = None,
                     chunk: int | None = None, method: str = "autograd",
                     progress: Callable[[int], None] | None = None) -> dict[str, torch.Tensor]:
-    """Top eigenvalue, trace, loss and accuracy of every model ([N] each).
+    """Top eigenvalue and trace with their errors, loss and accuracy of every model ([N] each).
+
+    Keys: hessian_top_eig (Lanczos to relative residual `tol`, at least
+    `deflation` and at most `iterations` steps), hessian_top_eig_tol (the residual bound it reached,
+    relative), hessian_lanczos_steps, hessian_trace (Lanczos-deflated
+    Hutchinson with `probes` probes), hessian_trace_se (its standard error),
+    hessian_hvps (products this model used: steps + probes), train_loss,
+    train_acc. zoo/landscape/estimators.py explains the estimators.
 
     seeds[i] seeds model i's probes and start vector (default: i). Models go
     through in cohorts of `chunk` (default: planned so a tile stays in cache,
-    `plan_tiles`), the samples in retained graphs of up to 1,024; neither
-    changes the values, only the speed.
+    `plan_tiles`, and the Lanczos bases fit `BASIS_BYTES`), the samples in
+    retained graphs of up to 1,024; neither changes a model's values (each
+    model stops on its own), only the speed.
     """
     N = weights.shape[0]
     seeds = list(range(N)) if seeds is None else [int(s) for s in seeds]
-    n_samples = sum(len(x) for x, _ in batches)
-    planned, per_graph = plan_tiles(layout, N, n_samples)
+    if len(seeds) != N:
+        raise ValueError(f"{len(seeds)} seeds for {N} models")
+    planned, per_graph = plan_cohort(layout, N, sum(len(x) for x, _ in batches), iterations, weights.element_size())
     chunk = max(1, int(chunk)) if chunk else planned
     batches = regroup(batches, per_graph)
-    parts: dict[str, list[torch.Tensor]] = {"hessian_top_eig": [], "hessian_trace": [], "train_loss": [], "train_acc": []}
+    keys = ("hessian_top_eig", "hessian_top_eig_tol", "hessian_lanczos_steps", "hessian_trace", "hessian_trace_se",
+            "hessian_hvps", "train_loss", "train_acc")
+    parts: dict[str, list[torch.Tensor]] = {k: [] for k in keys}
     for lo in range(0, N, chunk):
         hi = min(N, lo + chunk)
         hess = PopulationHessian(layout, weights[lo:hi], batches, task, method)
-        parts["hessian_top_eig"].append(top_eigenvalue(hess, iterations, seeds[lo:hi]))
-        parts["hessian_trace"].append(hutchinson_trace(hess, probes, seeds[lo:hi]))
-        parts["train_loss"].append(hess.loss)
-        parts["train_acc"].append(hess.accuracy)
+        lz = lanczos(hess, iterations, tol, seeds[lo:hi], min_iter=min(int(deflation), int(iterations)))
+        trace, se = deflated_trace(hess, lz.basis, lz.basis_trace, probes, seeds[lo:hi])
+        del lz.basis
+        vals = {"hessian_top_eig": lz.eig, "hessian_top_eig_tol": lz.rel_residual, "hessian_lanczos_steps": lz.iterations,
+                "hessian_trace": trace, "hessian_trace_se": se, "hessian_hvps": lz.iterations + int(probes),
+                "train_loss": hess.loss, "train_acc": hess.accuracy}
+        for k in keys:
+            parts[k].append(vals[k])
         del hess
         if progress is not None:
             progress(hi - lo)
     return {k: torch.cat(v) for k, v in parts.items()}
+
+
+def dense_hessians(hess: PopulationHessian) -> torch.Tensor:
+    """Every model's exact Hessian ([N, P, P], float64, symmetrised) from P products with basis vectors.
+
+    The reference the estimators are checked against (tests, benchmarks/landscape.py): exact up
+    to the operator's float rounding (build the operator in float64 for a reference), at the cost
+    of P products, so for models of a few thousand parameters. One product per basis vector:
+    batching the vectors through autograd's is_grads_batched was slower on CPU.
+    """
+    N, P = hess.n_models, hess.n_params
+    H = torch.zeros(N, P, P, dtype=torch.float64)
+    e = torch.zeros(N, P, device=hess.device, dtype=hess.dtype)
+    for j in range(P):
+        e[:, j] = 1.0
+        H[:, j, :] = hess.hvp(e).double().cpu()  # H e_j is column j; as a row (contiguous), symmetrised below
+        e[:, j] = 0.0
+    return (H + H.transpose(1, 2)) / 2

@@ -24,6 +24,18 @@ stored as JSON next to every label. The rule, in order:
 The Hessian separates I (sharp) from II only where connectivity does not
 decide; with low loss the table calls every phase "small Hessian", so it is
 not used there. docs/landscape.md gives the reasoning behind the defaults.
+
+Of the values the rule reads, only the Hessian trace is a randomized estimate
+with a known error (its standard error `hessian_trace_se`); train loss, mc and
+CKA are deterministic given the recipe. So a label comes with
+
+    phase_margin     (hessian_trace - thresholds.hessian_trace) / hessian_trace_se
+                     where the trace decided the label (I vs II), else NULL
+    phase_uncertain  True when the label would change for a trace within
+                     `margin_se` standard errors of the estimate (|phase_margin|
+                     <= margin_se); False when it would not, or when the trace
+                     did not decide; NULL when there is no label, or the trace
+                     decided and no standard error is known.
 """
 from __future__ import annotations
 
@@ -47,9 +59,10 @@ class Thresholds:
     hessian_trace: float = 50.0  # trace above this: sharp (I rather than II when mc ~ 0)
     cka: float = 0.9  # CKA at least this: IV-B (similar models), below: IV-A
     cka_metric: str = "cka_logits"  # which CKA column the rule reads: cka_logits | cka_hidden
+    margin_se: float = 2.0  # a label is uncertain when the trace is within this many standard errors of its cut-off
 
     def __post_init__(self):
-        for name in ("loss", "mc_tol", "hessian_trace", "cka"):
+        for name in ("loss", "mc_tol", "hessian_trace", "cka", "margin_se"):
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < 0:
                 raise UserError(f"phase threshold {name}={v!r}", f"give a finite number >= 0 for {name}")
@@ -133,3 +146,39 @@ def phase_of(row: Mapping[str, Any], th: Thresholds = Thresholds()) -> str | Non
 
 def label_phases(rows: Iterable[Mapping[str, Any]], th: Thresholds = Thresholds()) -> list[str | None]:
     return [phase_of(r, th) for r in rows]
+
+
+def trace_decides(row: Mapping[str, Any], th: Thresholds = Thresholds()) -> bool:
+    """Whether the label depends on the Hessian trace (it changes between a trace of -inf and +inf)."""
+    lo = phase_of({**row, "hessian_trace": -math.inf}, th)
+    hi = phase_of({**row, "hessian_trace": math.inf}, th)
+    return lo != hi
+
+
+def phase_margin(row: Mapping[str, Any], th: Thresholds = Thresholds()) -> float | None:
+    """Distance of the trace from its cut-off in standard errors, where the trace decided the label (else None).
+
+    +-inf for an exact trace (standard error 0) off the cut-off; None without a standard error.
+    """
+    trace, se = _num(row, "hessian_trace"), _num(row, "hessian_trace_se")
+    if trace is None or se is None or se < 0 or not trace_decides(row, th):
+        return None
+    d = trace - th.hessian_trace
+    if se == 0:
+        return 0.0 if d == 0 else math.copysign(math.inf, d)
+    return d / se
+
+
+def phase_uncertain(row: Mapping[str, Any], th: Thresholds = Thresholds()) -> bool | None:
+    """True when a trace within `margin_se` standard errors could change the label (module docstring)."""
+    if phase_of(row, th) is None:
+        return None
+    if not trace_decides(row, th):
+        return False
+    m = phase_margin(row, th)
+    return None if m is None else bool(abs(m) <= th.margin_se)
+
+
+def label(row: Mapping[str, Any], th: Thresholds = Thresholds()) -> dict[str, Any]:
+    """{phase, phase_margin, phase_uncertain} of one metrics row: the columns a landscape row stores."""
+    return {"phase": phase_of(row, th), "phase_margin": phase_margin(row, th), "phase_uncertain": phase_uncertain(row, th)}

@@ -5,7 +5,7 @@ the whole training set are different numbers; so every value in the
 `landscape` table carries the JSON of its recipe and `recipe_id`, a hash of
 that JSON. Compare values only within one `recipe_id`.
 
-    recipe = Recipe(batches=2, batch_size=512, probes=32)
+    recipe = Recipe(batches=2, batch_size=512, probes=40)
     recipe.recipe_id          # '3f0c9a...' (16 hex digits)
     batches = recipe.eval_batches(dataset)   # [(x, y), ...], the same samples for every model
 """
@@ -23,7 +23,7 @@ from store.errors import UserError
 from wsl.data import Dataset
 
 # Bump when the math behind a recipe changes, so old values get a different recipe_id.
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2  # 2: Lanczos to a tolerance + deflated Hutchinson (was: fixed power iteration + Hutchinson)
 
 
 @dataclass(frozen=True)
@@ -40,10 +40,15 @@ class Recipe:
     batches: int = 2
     batch_size: int = 512
     data_seed: int = 0
-    # Hessian
-    probes: int = 32  # Hutchinson Rademacher probes (a fixed count, no tolerance)
-    iterations: int = 20  # power iterations for the top eigenvalue
-    hessian_seed: int = 0  # model i's probes come from torch.Generator().manual_seed(hessian_seed + seed_i)
+    # Hessian (zoo/landscape/estimators.py; docs/landscape.md, "Estimators and their errors")
+    iterations: int = 64  # Lanczos steps at most for the top eigenvalue
+    eig_tol: float = 1e-3  # stop once the residual bound is <= eig_tol * |top eigenvalue| (after `deflation` steps)
+    deflation: int = 40  # Lanczos steps at least: the Krylov basis the trace is deflated with
+    probes: int = 40  # Rademacher probes of the deflated Hutchinson trace (fixed count; its standard error is stored)
+    # Model i's probe seed is s_i = model_seed(model_id_i, hessian_seed) (zoo/landscape/run.py: the first 60
+    # bits of sha256(f"{model_id}:{hessian_seed}"), stored per row as `hessian_probe_seed`); its probes come from
+    # torch.Generator().manual_seed(s_i), its Lanczos start vector from manual_seed(s_i + EIG_SEED_OFFSET).
+    hessian_seed: int = 0
     # Mode connectivity (quadratic Bezier curve, endpoints fixed)
     curve_points: int = 9  # evaluated at linspace(0, 1, curve_points), endpoints included
     curve_epochs: int = 20
@@ -56,10 +61,17 @@ class Recipe:
     def __post_init__(self):
         if self.split not in ("train", "test"):
             raise UserError(f"recipe split {self.split!r}", "use 'train' or 'test'")
-        positive = ("batches", "batch_size", "iterations", "probes", "curve_batch_size")
+        positive = ("batches", "batch_size", "iterations", "deflation", "curve_batch_size")
         for name in positive:
             if int(getattr(self, name)) < 1:
                 raise UserError(f"recipe {name}={getattr(self, name)!r}", f"{name} must be a positive integer")
+        if int(self.probes) < 2:
+            raise UserError(f"recipe probes={self.probes!r}", "use 2 probes or more (a standard error needs two)")
+        if int(self.deflation) > int(self.iterations):
+            raise UserError(f"recipe deflation={self.deflation} > iterations={self.iterations}",
+                            "the Lanczos step cap (iterations) must be at least the deflation steps")
+        if not (isinstance(self.eig_tol, (int, float)) and 0 < self.eig_tol < 1):
+            raise UserError(f"recipe eig_tol={self.eig_tol!r}", "give a relative tolerance between 0 and 1, e.g. 1e-3")
         if self.curve_points < 5:
             raise UserError(f"recipe curve_points={self.curve_points}", "evaluate the curve at 5 points or more")
         if self.curve_epochs < 0 or self.partners < 0:

@@ -11,7 +11,20 @@ For every selected model (status done) at the chosen epoch (default: its last):
    seeds of its configuration (same zoo and hyperparameters, any seed in the
    store, not only the selected ones), batched across pairs; a model's values
    are the means over its pairs (NULL when its configuration has one seed);
-3. a phase label from those values and the thresholds.
+3. a phase label from those values and the thresholds, with `phase_margin` and
+   `phase_uncertain` (zoo/landscape/phases.py): whether the label is within
+   the trace's standard error of a threshold.
+
+Each row stores the estimators' errors and seeds besides the values:
+`hessian_top_eig_tol` (relative residual bound of the Lanczos eigenvalue),
+`hessian_lanczos_steps`, `hessian_trace_se` (standard error of the trace),
+`hessian_hvps` (Hessian-vector products spent on the model) and
+`hessian_probe_seed` (`model_seed(model_id, recipe.hessian_seed)`: with the
+recipe it reproduces the model's values exactly).
+
+`--where` is the user's filter over the pool of store/filters.py (models LEFT
+JOIN checkpoints), composed there with ours; every literal of ours is a bound
+parameter. A filter that selects no finished model is a UserError.
 
 Rows are keyed (model_id, epoch, recipe_id), recipe_id being a hash of the
 measurement recipe and the thresholds; models that already have a row for
@@ -24,7 +37,6 @@ recomputing anything.
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import math
 import time
@@ -37,15 +49,17 @@ import numpy as np
 import pandas as pd
 import torch
 
+from store import filters
 from store.errors import UserError
-from wsl.functional import population_forward
-from zoo.landscape.cka import MinibatchCKA
 from zoo.landscape.connectivity import mode_connectivity
 from zoo.landscape.hessian import hessian_metrics
-from zoo.landscape.phases import Thresholds, phase_of
+from zoo.landscape.pairs import config_key, pair_cka, seed_pairs
+from zoo.landscape.phases import Thresholds, label
 from zoo.landscape.recipe import Recipe
 
 METRICS = ("hessian_top_eig", "hessian_trace", "mode_connectivity", "cka_logits", "cka_hidden", "train_loss", "train_acc")
+# the estimators' errors and seed, stored beside the values (docs/landscape.md)
+ERRORS = ("hessian_top_eig_tol", "hessian_lanczos_steps", "hessian_trace_se", "hessian_hvps", "hessian_probe_seed")
 
 # progress(advance, info, total=None): `advance` models' worth of work done; total set once, when known
 Progress = Callable[..., None]
@@ -65,6 +79,8 @@ class LandscapeSummary:
     without_checkpoint: int  # selected, but no checkpoint at that epoch
     pairs: int  # seed pairs whose curve was trained
     phases: dict[str, int] = field(default_factory=dict)
+    uncertain: int = 0  # rows whose label is within margin_se standard errors of the trace threshold
+    max_hvps: int = 0  # most Hessian-vector products one model used
     seconds: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
@@ -79,7 +95,10 @@ def landscape_recipe_id(recipe: Recipe, thresholds: Thresholds) -> str:
 
 
 def model_seed(model_id: str, seed: int = 0) -> int:
-    """A model's own random stream for probes and start vectors: independent of its cohort and of --where."""
+    """A model's own random stream for probes and start vectors: independent of its cohort and of --where.
+
+    The first 60 bits of sha256(f"{model_id}:{seed}"), so it fits the int64 `hessian_probe_seed` column.
+    """
     return int(hashlib.sha256(f"{model_id}:{int(seed)}".encode()).hexdigest()[:15], 16)
 
 
@@ -91,61 +110,53 @@ def _open(store):
     return ZooStore(Path(store), create=False)
 
 
-def _in(ids: Sequence[str]) -> str:
-    return ", ".join("'" + str(i).replace("'", "''") + "'" for i in ids)
-
-
-def models_filter(where: str | None) -> str:
-    """--where as SQL: a condition on `models` columns, or a SELECT returning model_id."""
-    if where is None or not where.strip():
-        return "TRUE"
-    w = where.strip().rstrip(";")
-    if w.lower().startswith(("select", "with")):
-        return f"model_id IN (SELECT model_id FROM ({w}))"
-    return f"({w})"
-
-
-def config_key(zoo: str, hparams: str | None, model_id: str) -> str:
-    """Models with the same key are seeds of one configuration (same zoo and hyperparameters but the seed)."""
-    if not hparams:
-        return f"{zoo}|{model_id}"
-    try:
-        h = json.loads(hparams)
-    except (TypeError, ValueError):
-        return f"{zoo}|{model_id}"
-    h.pop("seed", None)
-    return f"{zoo}|" + json.dumps(h, sort_keys=True, separators=(",", ":"))
+DONE = {"done": "done"}
 
 
 def selected_models(store, where: str | None) -> pd.DataFrame:
-    """model_id of the finished (status done) models --where selects; a bad condition is a UserError."""
-    cond = models_filter(where)
+    """model_id of the finished (status done) models --where selects.
+
+    A bad condition, or one that selects no finished model, is a UserError naming the filter.
+    """
     try:
-        return store.sql(f"SELECT model_id FROM models WHERE status = 'done' AND {cond}")
+        sel = filters.select_models(store, where, "models.status = $done", params=DONE, allow_empty=True)
     except UserError as e:
-        raise UserError(f"--where {where!r} is not a valid condition on the models table ({e.message})",
-                        "write a SQL condition on models columns, e.g. \"zoo = 'phases' AND width >= 8\"") from None
+        raise UserError(f"--where {filters.clean(where)!r} is not a valid condition ({e.message})",
+                        "write a SQL condition on models and checkpoints columns, e.g. \"zoo = 'phases' AND width >= 8\"") from None
+    if sel.empty:
+        w = filters.clean(where)
+        raise UserError(f"--where {w!r} selects no finished models (status 'done')" if w
+                        else f"store {getattr(store, 'path', store)} has no finished models", filters.HINT)
+    return sel
 
 
 def _select(store, where: str | None, epoch: int | None) -> tuple[pd.DataFrame, int, int]:
     """(checkpoints to analyse with their model columns, models selected, selected models without that epoch)."""
     sel = selected_models(store, where)
     n_selected = len(sel)
-    if n_selected == 0:
-        return pd.DataFrame(), 0, 0
     ck = _checkpoints_at(store, list(sel["model_id"]), epoch)
-    return ck, n_selected, n_selected - ck["model_id"].nunique() if len(ck) else n_selected
+    if ck.empty:
+        w = filters.clean(where)
+        at = "their last epoch" if epoch is None else f"epoch {int(epoch)}"
+        raise UserError(f"{'--where ' + repr(w) if w else 'the store'} selects {n_selected} finished models, none with "
+                        f"a checkpoint at {at}", "pick an epoch they have (--epoch), or check the filter")
+    return ck, n_selected, n_selected - ck["model_id"].nunique()
 
 
 def _checkpoints_at(store, model_ids: Sequence[str], epoch: int | None) -> pd.DataFrame:
     if not model_ids:
         return pd.DataFrame()
-    pick = "c.epoch = " + str(int(epoch)) if epoch is not None else \
-        "c.epoch = (SELECT max(c2.epoch) FROM checkpoints c2 WHERE c2.model_id = c.model_id)"
+    params: dict[str, Any] = {}
+    ids = filters.in_list("m.model_id", "ids", model_ids, params)
+    if epoch is not None:
+        params["epoch"] = int(epoch)
+        pick = "c.epoch = $epoch"
+    else:
+        pick = "c.epoch = (SELECT max(c2.epoch) FROM checkpoints c2 WHERE c2.model_id = c.model_id)"
     return store.sql(
         "SELECT c.checkpoint_id, c.model_id, c.epoch, c.layout_id, m.zoo, m.dataset, m.dataset_id, m.task, "
-        "m.hparams, m.seed FROM checkpoints c JOIN models m ON c.model_id = m.model_id "
-        f"WHERE m.model_id IN ({_in(model_ids)}) AND {pick} ORDER BY c.model_id")
+        f"m.hparams, m.seed FROM checkpoints c JOIN models m ON c.model_id = m.model_id WHERE {ids} AND {pick} "
+        "ORDER BY c.model_id", params)
 
 
 def _dataset_for(store, name: str, dataset_id: str | None):
@@ -154,7 +165,7 @@ def _dataset_for(store, name: str, dataset_id: str | None):
 
     seed = 0
     if dataset_id:
-        d = store.sql(f"SELECT seed FROM datasets WHERE dataset_id = {_in([dataset_id])} LIMIT 1")
+        d = store.sql("SELECT seed FROM datasets WHERE dataset_id = $id LIMIT 1", {"id": dataset_id})
         if len(d):
             seed = int(d["seed"].iloc[0])
     ds = load_dataset(name, seed)
@@ -178,8 +189,9 @@ def compute_landscape(store, where: str | None = None, epoch: int | None = None,
                                epoch="last" if epoch is None else str(epoch), selected=n_selected, computed=0,
                                already_stored=0, without_checkpoint=no_ck, pairs=0)
     if len(targets):
-        done = store.sql(f"SELECT model_id, epoch FROM landscape WHERE recipe_id = {_in([rid])} "
-                         f"AND model_id IN ({_in(list(targets['model_id']))})")
+        params = {"rid": rid}
+        ids = filters.in_list("model_id", "ids", list(targets["model_id"]), params)
+        done = store.sql(f"SELECT model_id, epoch FROM landscape WHERE recipe_id = $rid AND {ids}", params)
         have = set(zip(done["model_id"], done["epoch"].astype(int)))
         keep = [(m, int(e)) not in have for m, e in zip(targets["model_id"], targets["epoch"])]
         summary.already_stored = int(len(targets) - sum(keep))
@@ -193,8 +205,9 @@ def compute_landscape(store, where: str | None = None, epoch: int | None = None,
                         "exclude them with --where (e.g. \"dataset IS NOT NULL\")")
 
     # every seed of the targets' configurations, at each target's epoch: the pair partners
-    cands = store.sql("SELECT model_id, zoo, hparams, seed FROM models WHERE status = 'done' AND zoo IN "
-                      f"({_in(sorted(set(targets['zoo'])))})")
+    params = dict(DONE)
+    zoos = filters.in_list("zoo", "zoos", sorted(set(targets["zoo"])), params)
+    cands = store.sql(f"SELECT model_id, zoo, hparams, seed FROM models WHERE status = $done AND {zoos}", params)
     cands["config"] = [config_key(z, h, m) for z, h, m in zip(cands["zoo"], cands["hparams"], cands["model_id"])]
     targets["config"] = [config_key(z, h, m) for z, h, m in zip(targets["zoo"], targets["hparams"], targets["model_id"])]
     work: list[pd.DataFrame] = [targets.assign(target=True)]
@@ -228,14 +241,14 @@ def compute_landscape(store, where: str | None = None, epoch: int | None = None,
         W, _ = store.weights(list(grp["checkpoint_id"]))
         W = W.float() if W.dtype != torch.float64 else W
         n_targets = int(grp["target"].sum())
-        label = f"{layout.arch.get('name') if layout.arch else 'model'} on {dataset}, epoch {int(ep)}"
+        what = f"{layout.arch.get('name') if layout.arch else 'model'} on {dataset}, epoch {int(ep)}"
 
         # 1. Hessian, loss, accuracy: target models only
         tidx = np.flatnonzero(grp["target"].to_numpy())
         seeds = [model_seed(m, recipe.hessian_seed) for m in grp["model_id"].iloc[tidx]]
-        hm = hessian_metrics(layout, W[tidx], batches, task=task, iterations=recipe.iterations, probes=recipe.probes,
-                             seeds=seeds, chunk=chunk,
-                             progress=lambda k: advance(0.5 * k, f"{label}: Hessian"))
+        hm = hessian_metrics(layout, W[tidx], batches, task=task, iterations=recipe.iterations, tol=recipe.eig_tol,
+                             deflation=recipe.deflation, probes=recipe.probes, seeds=seeds, chunk=chunk,
+                             progress=lambda k: advance(0.5 * k, f"{what}: Hessian"))
 
         # 2. seed pairs of each configuration that has a target: curves and CKA, batched across pairs
         pairs: list[tuple[int, int]] = []
@@ -257,7 +270,7 @@ def compute_landscape(store, where: str | None = None, epoch: int | None = None,
 
             def curve_progress(f: float, _r=reported) -> None:
                 _r[0] += 0.9 * share * f
-                advance(0.9 * share * f, f"{label}: curves for {len(pairs)} pairs")
+                advance(0.9 * share * f, f"{what}: curves for {len(pairs)} pairs")
 
             r = mode_connectivity(layout, W[a], W[b], ds.split(recipe.split), batches, task=task,
                                   points=recipe.curve_points, epochs=recipe.curve_epochs, lr=recipe.curve_lr,
@@ -266,11 +279,11 @@ def compute_landscape(store, where: str | None = None, epoch: int | None = None,
                                                          recipe.curve_seed) for i, j in chunk_pairs],
                                   progress=curve_progress)
             mc[lo:lo + len(chunk_pairs)] = r["mc"]
-            advance(max(0.0, share - reported[0]), f"{label}: curves")
+            advance(max(0.0, share - reported[0]), f"{what}: curves")
         summary.pairs += len(pairs)
         if not pairs:
-            advance(0.5 * n_targets, label)
-        cka_l, cka_h = _pair_cka(layout, W, pairs, members, batches, chunk)
+            advance(0.5 * n_targets, what)
+        cka_l, cka_h = pair_cka(layout, W, pairs, members, batches, chunk)
 
         # 3. per-model means over its pairs, phase, rows
         sums: dict[int, list[list[float]]] = defaultdict(lambda: [[], [], []])
@@ -287,76 +300,26 @@ def compute_landscape(store, where: str | None = None, epoch: int | None = None,
                 "hessian_top_eig": float(hm["hessian_top_eig"][n]), "hessian_trace": float(hm["hessian_trace"][n]),
                 "mode_connectivity": _mean(vals[0]), "cka_logits": _mean(vals[1]), "cka_hidden": _mean(vals[2]),
                 "train_loss": float(hm["train_loss"][n]), "train_acc": _finite(float(hm["train_acc"][n])),
+                "hessian_top_eig_tol": float(hm["hessian_top_eig_tol"][n]),
+                "hessian_lanczos_steps": int(hm["hessian_lanczos_steps"][n]),
+                "hessian_trace_se": _finite(float(hm["hessian_trace_se"][n])),
+                "hessian_hvps": int(hm["hessian_hvps"][n]), "hessian_probe_seed": int(seeds[n]),
             }
-            row["phase"] = phase_of(row, thresholds)
+            row.update(label(row, thresholds))
             row.update({"thresholds": thresholds.to_json(), "recipe": recipe.to_json(),
                         "metrics_recipe_id": recipe.recipe_id, "checkpoint_id": grp["checkpoint_id"].iloc[i],
                         "num_pairs": len(vals[0])})
             rows.append(row)
         store.append("landscape", rows)  # one part per group: a crash keeps the groups already done
         summary.computed += len(rows)
-        advance(summary.computed - done_so_far[0], label)  # whole models done: no rounding left over
+        advance(summary.computed - done_so_far[0], what)  # whole models done: no rounding left over
         for r_ in rows:
             key = r_["phase"] or "unlabelled"
             summary.phases[key] = summary.phases.get(key, 0) + 1
+            summary.uncertain += bool(r_["phase_uncertain"])
+            summary.max_hvps = max(summary.max_hvps, r_["hessian_hvps"])
     summary.seconds = round(time.perf_counter() - t0, 2)
     return summary
-
-
-def seed_pairs(k: int, partners: int = 0, ids: Sequence[int] | None = None) -> list[tuple[int, int]]:
-    """Pairs among k seeds: all of them (partners=0), or each seed with its `partners` nearest in a ring.
-
-    The ring keeps every seed in the same number of pairs (2 * partners, at most
-    k - 1), so no model is left without one when the pairs are capped.
-    """
-    ids = list(range(k)) if ids is None else list(ids)
-    if partners <= 0 or 2 * partners >= k - 1:
-        return list(itertools.combinations(ids, 2))
-    out = set()
-    for i in range(k):
-        for d in range(1, partners + 1):
-            a, b = i, (i + d) % k
-            out.add((ids[min(a, b)], ids[max(a, b)]))
-    return sorted(out)
-
-
-def _pair_cka(layout, W: torch.Tensor, pairs, members, batches, chunk: int) -> tuple[list[float], list[float]]:
-    """Minibatch CKA of logits and of the last hidden layer for every pair (accumulated over the recipe's batches)."""
-    if not pairs:
-        return [], []
-    involved = sorted({i for p in pairs for i in p})
-    groups: dict[int, list[int]] = {}
-    for idx in members.values():
-        sub = [i for i in idx if i in set(involved)]
-        for i in sub:
-            groups[i] = sub
-    accs: dict[tuple[int, ...], tuple[MinibatchCKA, MinibatchCKA]] = {}
-    for g in {tuple(v) for v in groups.values()}:
-        accs[g] = (MinibatchCKA(len(g)), MinibatchCKA(len(g)))
-    order = torch.tensor(involved)
-    where = {m: k for k, m in enumerate(involved)}
-    with torch.no_grad():
-        for x, _ in batches:
-            logits, hidden = [], []
-            step = max(1, chunk or 64)
-            for lo in range(0, len(order), step):
-                w = W[order[lo:lo + step]]
-                params = layout.unflatten(w)
-                hidden.append(population_forward(layout, params, x, features=True))
-                logits.append(population_forward(layout, params, x))
-            logits_t, hidden_t = torch.cat(logits), torch.cat(hidden)
-            for g, (al, ah) in accs.items():
-                rows = torch.tensor([where[m] for m in g])
-                al.update(logits_t[rows])
-                ah.update(hidden_t[rows])
-    mats = {g: (al.matrix(), ah.matrix()) for g, (al, ah) in accs.items()}
-    out_l, out_h = [], []
-    for i, j in pairs:
-        g = tuple(groups[i])
-        ml, mh = mats[g]
-        out_l.append(float(ml[g.index(i), g.index(j)]))
-        out_h.append(float(mh[g.index(i), g.index(j)]))
-    return out_l, out_h
 
 
 def _mean(v: Sequence[float]) -> float | None:
@@ -384,15 +347,24 @@ def relabel(store, thresholds: Thresholds, metrics_recipe_id: str | None = None,
             raise UserError(f"the store holds {len(ids)} measurement recipes ({ids[:4]})",
                             "name one with --metrics-recipe ID")
         metrics_recipe_id = ids[0]
-    rows = store.sql(f"SELECT * FROM landscape WHERE metrics_recipe_id = {_in([metrics_recipe_id])} AND model_id IN "
-                     f"(SELECT model_id FROM models WHERE {models_filter(where)})")
+    if filters.clean(where):
+        selected_models(store, where)  # a filter that selects nothing is an error, as everywhere
+    try:
+        rows = store.sql("SELECT * FROM landscape WHERE metrics_recipe_id = $mid AND model_id IN "
+                         f"({filters.model_ids_subquery(where)})", {"mid": metrics_recipe_id})
+    except UserError as e:
+        raise UserError(f"--where {filters.clean(where)!r} is not a valid condition ({e.message})", filters.HINT) from None
     if not len(rows):
-        raise UserError(f"no landscape rows with metrics_recipe_id {metrics_recipe_id!r}", "check the id with `wsl query`")
+        w = filters.clean(where)
+        raise UserError(f"no landscape rows with metrics_recipe_id {metrics_recipe_id!r}"
+                        + (f" for the models --where {w!r} selects" if w else ""), "check the id with `wsl query`")
     recipe = Recipe.from_dict(json.loads(rows["recipe"].iloc[0]))
     rid = landscape_recipe_id(recipe, thresholds)
     rows = rows.drop_duplicates(["model_id", "epoch"]).copy()
     rows = rows.astype(object).where(pd.notna(rows), None)
     rows["recipe_id"] = rid
     rows["thresholds"] = thresholds.to_json()
-    rows["phase"] = [phase_of(r, thresholds) for r in rows.to_dict("records")]
+    labels = [label(r, thresholds) for r in rows.to_dict("records")]
+    for k in ("phase", "phase_margin", "phase_uncertain"):
+        rows[k] = [d[k] for d in labels]
     return store.append("landscape", rows.to_dict("records"))
