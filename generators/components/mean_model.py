@@ -103,6 +103,13 @@ class RidgeMean(nn.Module):
         # per-feature scale of the centred statistics (1: as they are; their std for the RBF kernel)
         self.register_buffer("feature_scale", torch.ones(n_features, dtype=torch.float64))
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # generators saved before there was a kernel choice: linear, statistics as they are
+        for name, value in (("gamma", torch.zeros((), dtype=torch.float64)),
+                            ("feature_scale", torch.ones_like(self.feature_scale))):
+            state_dict.setdefault(prefix + name, value)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def _kernel(self, a: torch.Tensor, b: torch.Tensor, gamma: float) -> torch.Tensor:
         if gamma <= 0:
             return a @ b.T
