@@ -13,7 +13,7 @@ from generators.vqar.quantizer import ChunkVQVAE, codebook_health, train_vqvae
 from store.errors import UserError
 from store.layout import ParamLayout
 from store.store import ZooStore
-from test_generators_records import Commit, fake_hub  # noqa: F401 (the fixture)
+from test_generators_records import fake_hub  # noqa: F401 (the fixture)
 from wsl.tokenize import ChunkTokenizer
 
 TASKS = ["digits-pair:0-1", "digits-pair:0-2", "digits-pair:1-2"]
@@ -184,3 +184,26 @@ def test_cli_chunk_larger_than_every_tensor_exits_2_and_writes_nothing(run_cli, 
     assert sorted(p.name for p in store.rglob("*")) == before
     code, out, err = run_cli("generate", "fit", "--method", "vqar", "--store", store, "--set", "codebook_size=1")
     assert code == 2 and "at least 2" in out + err
+
+
+def test_benchmark_figures_decode_held_out_checkpoints_through_the_vqvae(mixed_gen, widths_zoo):
+    from generators.training_set import Split
+
+    zs = ZooStore(widths_zoo, create=False)
+    figs = mixed_gen.benchmark_figures({"store": zs, "split": Split("t", TASKS[:2], TASKS[2:])})
+    assert figs["decoded_zoo_checkpoints"] == "held-out" and figs["decoded_zoo_evaluated"] == 4  # 2 seeds x 2 widths
+    for k in ("codebook_usage", "dead_code_fraction", "decoded_zoo_relative_acc", "decoded_zoo_mean_only_relative_acc"):
+        assert 0 <= figs[k] <= 1.5, k
+    assert mixed_gen.benchmark_figures(None)["decoded_zoo_checkpoints"] == "seen (training)"
+    # reconstruct keeps the function: the aligned checkpoint computes what the stored one does
+    from wsl.evaluate import evaluate
+    from zoo import load_dataset
+
+    lay = mixed_gen.layouts[0]
+    from generators.evaluation.references import zoo_checkpoints
+
+    w, _ = zoo_checkpoints(zs, TASKS[2], lay.layout_id)
+    aligned, decoded, mean_only = mixed_gen.reconstruct(w, load_dataset(TASKS[2]), lay.layout_id)
+    ds = load_dataset(TASKS[2])
+    assert torch.allclose(evaluate(aligned, lay, ds).loss, evaluate(w, lay, ds).loss, atol=1e-5)
+    assert decoded.shape == mean_only.shape == w.shape

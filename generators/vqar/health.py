@@ -19,7 +19,28 @@ from typing import Sequence
 
 import torch
 
+from generators.vqar.quantizer import codebook_health
 from store.layout import ParamLayout
+
+
+def record_health(gen, parts, toks, resid, means, codes, datasets, vq_mse, g) -> None:
+    """Codebook usage, reconstruction error per tensor, decoded-zoo accuracy -> fit_info (health.py)."""
+    vq = gen.modules["vq"]
+    health = codebook_health(torch.cat([cd.reshape(-1) for cd in codes]), gen.config.codebook_size)
+    health["vq_final_mse"] = vq_mse
+    recon, zoo_parts = {}, []
+    for i, (p, t, r, mu, cd) in enumerate(zip(parts, toks, resid, means, codes)):
+        r_hat = t.decode(vq.decode(cd))
+        recon[p["layout"].layout_id] = per_tensor_error(r, r_hat, p["layout"])
+        zoo_parts.append({"layout": p["layout"], "index": p["index"], "original": p["x"],
+                          "decoded": gen._to_weights(i, p["layout"], r_hat, mu),
+                          "mean_only": gen._to_weights(i, p["layout"], torch.zeros_like(r_hat), mu)})
+    all_r = torch.cat([r.reshape(-1) for r in resid])
+    all_err = torch.cat([(t.decode(vq.decode(cd)) - r).reshape(-1) for t, r, cd in zip(toks, resid, codes)])
+    health["residual_relative_mse"] = float(all_err.double().pow(2).sum() / all_r.double().pow(2).sum().clamp_min(1e-12))
+    health.update(decoded_zoo(zoo_parts, datasets, gen.config.decoded_eval_datasets, g))
+    gen.fit_info["codebook"] = health
+    gen.fit_info["recon_error_per_tensor"] = recon
 
 
 def per_tensor_error(r: torch.Tensor, r_hat: torch.Tensor, layout: ParamLayout) -> dict[str, float]:
@@ -59,3 +80,36 @@ def decoded_zoo(parts: Sequence[dict], datasets, limit: int, generator: torch.Ge
             "mean_only_relative_acc": m["mean_only"] / max(m["original"], 1e-12),
             "original_acc": m["original"], "decoded_acc": m["decoded"], "mean_only_acc": m["mean_only"],
             "evaluated": int(sum(len(v) for v in acc["original"]))}
+
+
+def decoded_heldout(gen, store, tasks: Sequence[str], limit: int = 10) -> dict[str, float | int]:
+    """The strict decoded-zoo check: held-out tasks' zoo checkpoints through the VQ-VAE alone (gen.reconstruct).
+
+    For each of (at most `limit` of) the tasks and each layout the generator was fit on, the
+    store's last checkpoints of that task and layout are aligned, tokenized, quantized and
+    decoded; the mean accuracies of original, decoded and mean-only models on the task's test
+    split give decoded / original, mean_only / original, and the share of the mean's shortfall
+    the tokens win back: (decoded - mean_only) / (original - mean_only).
+    """
+    from generators.evaluation.references import zoo_checkpoints
+    from wsl.evaluate import evaluate
+    from zoo.datasets import load_dataset
+
+    acc = {"original": [], "decoded": [], "mean_only": []}
+    for task in sorted(tasks)[:limit]:
+        ds = load_dataset(task)
+        for layout in gen.layouts:
+            w, _ = zoo_checkpoints(store, task, layout.layout_id)
+            if len(w) == 0:
+                continue
+            aligned, dec, mo = gen.reconstruct(w, ds, layout)
+            for kind, x in (("original", aligned), ("decoded", dec), ("mean_only", mo)):
+                acc[kind].append(evaluate(x, layout, ds, split="test").accuracy.double())
+    if not acc["original"]:
+        return {}
+    m = {k: float(torch.cat(v).mean()) for k, v in acc.items()}
+    gap = m["original"] - m["mean_only"]
+    return {"decoded_zoo_relative_acc": m["decoded"] / max(m["original"], 1e-12),
+            "decoded_zoo_mean_only_relative_acc": m["mean_only"] / max(m["original"], 1e-12),
+            "decoded_zoo_token_gap_closed": (m["decoded"] - m["mean_only"]) / gap if abs(gap) > 1e-9 else None,
+            "decoded_zoo_evaluated": int(sum(len(v) for v in acc["original"]))}
