@@ -40,9 +40,11 @@ def zoo_checkpoints(store, dataset: str, layout_id: str) -> tuple[torch.Tensor, 
     return w.to(torch.float32), list(meta["checkpoint_id"])
 
 
-def check_store_layout(store, gen: WeightGenerator, dataset: str) -> None:
-    """UserError when the store's zoo for `dataset` has models, but none of the generator's layout."""
-    if not _has_zoo(store):
+def check_store_layout(store, gen: WeightGenerator, dataset: str, layout=None) -> None:
+    """UserError when the store's zoo for `dataset` has models, but none of the generator's layout.
+
+    An explicit `layout` (what a multi-layout generator is asked to make, e.g. a width without a zoo) is not checked."""
+    if not _has_zoo(store) or layout is not None:
         return
     df = filters.select_checkpoints(store, None, "models.dataset = $wsl_dataset",
                                     columns="DISTINCT checkpoints.layout_id", order_by="checkpoints.layout_id",
@@ -54,7 +56,7 @@ def check_store_layout(store, gen: WeightGenerator, dataset: str) -> None:
                         "use a generator fit on this zoo (same architecture and width), or another --store")
 
 
-def training_weights(store, gen: WeightGenerator) -> torch.Tensor | None:
+def training_weights(store, gen: WeightGenerator, layout=None) -> torch.Tensor | None:
     """The generator's training checkpoints, read by their recorded ids, as stored and as aligned ([2N, P]).
 
     None when there is nothing to compare with: no store, a generator without recorded
@@ -79,8 +81,15 @@ def training_weights_split(store, gen: WeightGenerator) -> tuple[torch.Tensor, t
     ts = from_ids(store, ids, (gen.training or {}).get("digest"), what=f"generator {gen.generator_id}")
     if ts is None:
         return None
-    w, layout, meta = ts.single()
-    if layout.layout_id != gen.layout.layout_id:
+    if len(ts.layouts) > 1 or layout is not None:  # a multi-layout generator (vqar): the rows of the layout asked for
+        lid = (layout or gen.layout).layout_id
+        if lid not in ts.layouts:
+            return None  # a size of the family it was not fit on: no training checkpoint to compare with
+        meta = ts.meta[ts.meta["layout_id"] == lid].reset_index(drop=True)
+        w, layout = ts.weights[lid], ts.layouts[lid]
+    else:
+        w, layout, meta = ts.single()
+    if layout.layout_id != gen.layout.layout_id and len(ts.layouts) == 1 and not getattr(gen, "multi_layout", False):
         raise UserError(f"generator {gen.generator_id} makes layout {gen.layout.layout_id}, its recorded training "
                         f"checkpoints in store {store.path} have layout {layout.layout_id}",
                         "use the store it was fit on")
