@@ -43,7 +43,8 @@ def train_continual(gen, datasets, progress=None) -> dict[str, list[float]]:
             e0 = embed_dataset(enc, ds, c.context_per_class)
         e_t = torch.nn.Parameter(e0.clone())
         params = [e_t] + [p for p in head.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=c.lr, weight_decay=c.weight_decay)
+        opt = torch.optim.AdamW([{"params": params[1:]}, {"params": [e_t], "lr": c.lr * c.continual_emb_lr}],
+                                lr=c.lr, weight_decay=c.weight_decay)
         sched = warmup_cosine(opt, max(1, c.steps))
         batches = TaskBatches([ds])
         zero = torch.zeros(1, dtype=torch.long)

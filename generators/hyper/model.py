@@ -104,8 +104,9 @@ class HyperNetwork(WeightGenerator):
         diversity: float = 0.0  # weight of the repulsion between a task's noise draws (losses.repulsion)
         zoo_weight: float = 1.0  # both: weight of the zoo regression next to the task loss
         zoo_batch: int = 32  # zoo/both: checkpoints per step
-        continual_beta: float = 1.0  # continual: weight of the output regularizer
+        continual_beta: float = 10.0  # continual: weight of the output regularizer
         continual_snapshots: int = 4  # continual: fixed noise draws whose outputs are kept per earlier task
+        continual_emb_lr: float = 10.0  # continual: learning rate of a task's embedding, as a multiple of lr
         seed: int = 0
 
     def __init__(self, config=None, **overrides):
@@ -125,7 +126,7 @@ class HyperNetwork(WeightGenerator):
                 raise UserError(f"hyper option {k}={v!r}", f"{k} must be an integer >= 1")
         if isinstance(c.steps, bool) or not isinstance(c.steps, int) or c.steps < 0:
             raise UserError(f"hyper option steps={c.steps!r}", "steps must be an integer >= 0")
-        for k in ("lr", "out_init", "diversity", "zoo_weight", "continual_beta", "weight_decay"):
+        for k in ("lr", "out_init", "diversity", "zoo_weight", "continual_beta", "continual_emb_lr", "weight_decay"):
             v = getattr(c, k)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
                 raise UserError(f"hyper option {k}={v!r}", f"{k} must be a number >= 0")
