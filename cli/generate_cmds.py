@@ -201,9 +201,10 @@ def _fit_tasks_cmd(klass, method: str, store, out, datasets, arch, where, protoc
             raise UserError(f"--arch {arch!r} is not an architecture config", 'give a JSON object with a "name"')
         layout = layout_for(config_for(first, arch_cfg))
     else:
-        ids = list(zs.sql("SELECT DISTINCT layout_id FROM layouts ORDER BY layout_id")["layout_id"]) if zs.count("layouts") else []
+        ids = (list(zs.sql("SELECT DISTINCT layout_id FROM checkpoints ORDER BY layout_id")["layout_id"])
+               if zs.count("checkpoints") else [])
         if len(ids) != 1:
-            raise UserError(f"store {zs.path} has {len(ids)} layouts: no single architecture to generate",
+            raise UserError(f"store {zs.path} has checkpoints of {len(ids)} layouts: no single architecture to generate",
                             'give --arch \'{"name": "mlp", "width": 32, "depth": 2}\' (or a store with one layout)')
         layout = zs.layout(ids[0])
     if out is not None and out.exists() and not out.is_dir():

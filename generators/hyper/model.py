@@ -28,6 +28,7 @@ a time with Chandra et al.'s output regularizer (continual.py).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 from typing import Any
 
@@ -43,6 +44,12 @@ from store.layout import ParamLayout
 from wsl.data import Dataset
 
 MODES = ("task", "zoo", "both")
+
+
+def theta0_seed(seed: int) -> int:
+    """The torch seed of theta_0's Kaiming draw: derived from the fit seed, so it is not the init of the zoo's
+    model with that seed (zoo models are built right after torch.manual_seed(their seed))."""
+    return int(hashlib.sha256(f"hyper-theta0:{int(seed)}".encode()).hexdigest()[:8], 16)
 
 
 class HyperHead(nn.Module):
@@ -101,6 +108,7 @@ class HyperNetwork(WeightGenerator):
         batch_size: int = 64  # train samples per task per step
         max_per_class: int = 32  # context samples per class for the embedding per step
         context_per_class: int = 512  # samples per class embedded at sampling time
+        permute_labels: bool = True  # task / both: half the drawn tasks with their classes relabelled (training.py)
         diversity: float = 0.0  # weight of the repulsion between a task's noise draws (losses.repulsion)
         zoo_weight: float = 1.0  # both: weight of the zoo regression next to the task loss
         zoo_batch: int = 32  # zoo/both: checkpoints per step
@@ -116,7 +124,7 @@ class HyperNetwork(WeightGenerator):
             raise UserError(f"unknown hypernetwork arch {c.arch!r}", f"use --set arch=one of {', '.join(ARCHS)}")
         if c.mode not in MODES:
             raise UserError(f"unknown hypernetwork fit mode {c.mode!r}", f"use --set mode=one of {', '.join(MODES)}")
-        for k in ("mip", "continual"):
+        for k in ("mip", "continual", "permute_labels"):
             if not isinstance(getattr(c, k), bool):
                 raise UserError(f"hyper option {k}={getattr(c, k)!r} is not true/false", f"give --set {k}=true or false")
         for k in ("hidden", "depth", "chunk_emb", "z_dim", "cond_dim", "set_hidden", "tasks_per_step", "z_per_task",
@@ -214,13 +222,13 @@ class HyperNetwork(WeightGenerator):
     def _set_theta0(self, weights: torch.Tensor | None) -> None:
         c, layout, head = self.config, self.layout, self.modules["hyper"]
         if c.theta0 == "kaiming":
-            t0 = kaiming_theta0(layout, c.seed)
+            t0 = kaiming_theta0(layout, theta0_seed(c.seed))
         elif c.theta0 == "zoo-mean":
             t0 = weights.mean(0)
         else:
             t0 = checkpoint_theta0(layout, c.theta0)
         head.theta0.copy_(t0)
-        head.scales.copy_(tensor_scales(layout, kaiming_theta0(layout, c.seed)))
+        head.scales.copy_(tensor_scales(layout, kaiming_theta0(layout, theta0_seed(c.seed))))
 
     def _fit_tasks(self, layout: ParamLayout, datasets: list[Dataset], progress) -> None:
         self._run_fit(layout, datasets, None, None, {}, progress)

@@ -4,6 +4,9 @@ Every step (training.train_joint):
 1. T tasks drawn without replacement; each gets a fresh context subset for its embedding
    (max_per_class samples per class through the set encoder, trained with the hypernetwork)
    and a batch of train samples.
+   With `permute_labels`, half of the drawn tasks have their classes relabelled by a random
+   permutation, consistently in the context and the batch: a new task on the same inputs,
+   so the embedding must say which class is which (for a pair task: A-vs-B and B-vs-A).
 2. k noise draws per task -> T*k weight vectors in one hypernetwork call.
 3. task / both: the T*k models' losses on their task's batch, ONE fused functional forward
    (losses.task_losses); + `diversity` x the repulsion between each task's k models.
@@ -51,28 +54,28 @@ def train_joint(gen, datasets, weights=None, index=None, metrics=None, progress=
     hist: dict[str, list[float]] = {"task_loss": [], "zoo_loss": [], "final_task_loss": [], "final_zoo_loss": []}
     ema: dict[str, float] = {}
     for step in range(c.steps):
-        rows = []
+        loss = torch.zeros(())
         if use_task:
             tasks = torch.randperm(n_tasks, generator=g)[:t_per]
-            rows.append(tasks)
-        if use_zoo:
-            ck = torch.randint(len(weights), (min(c.zoo_batch, len(weights)),), generator=g)
-            rows.append(index[ck])
-        xs, ys, set_index, n_sets, uniq, inv = contexts.draw(torch.cat(rows), c.max_per_class, g)
-        emb_all = enc(xs, ys, set_index, n_sets)[inv]
-        loss = emb_all.new_zeros(())
-        if use_task:
-            emb = emb_all[:t_per].repeat_interleave(k, 0)
+            xs, ys, set_index, n_sets, uniq, inv = contexts.draw(tasks, c.max_per_class, g)
+            x, y = batches.draw(tasks, c.batch_size, g)
+            if c.permute_labels and k_classes > 1:
+                # each drawn task as itself or with its classes relabelled (a new task on the same inputs)
+                perm = label_permutations(len(uniq), k_classes, g)
+                ys = torch.gather(perm[set_index], 1, ys[:, None])[:, 0]
+                y = torch.gather(perm[inv], 1, y)
+            emb = enc(xs, ys, set_index, n_sets)[inv].repeat_interleave(k, 0)
             m = gen.modules["metric"].high.expand(len(emb), -1) if mvals is not None else None
             w = head(gen.inputs(emb, m, gen.draw_z(len(emb), g)))
-            x, y = batches.draw(tasks, c.batch_size, g)
             tl = task_losses(layout, w, x, y, k, batches.task).mean()
             loss = loss + tl
             if c.diversity > 0:
                 loss = loss + c.diversity * repulsion(w, head.scales, k)
             _track(hist, ema, "task_loss", float(tl.detach()))
         if use_zoo:
-            emb = emb_all[-len(ck):].repeat_interleave(k, 0)
+            ck = torch.randint(len(weights), (min(c.zoo_batch, len(weights)),), generator=g)
+            xs, ys, set_index, n_sets, uniq, inv = contexts.draw(index[ck], c.max_per_class, g)
+            emb = enc(xs, ys, set_index, n_sets)[inv].repeat_interleave(k, 0)
             m = mvals[ck].repeat_interleave(k, 0) if mvals is not None else None
             w = head(gen.inputs(emb, m, gen.draw_z(len(emb), g)))
             zl = imle_loss(w, weights[ck, :layout.num_trainable], head.scales, k)
@@ -88,6 +91,13 @@ def train_joint(gen, datasets, weights=None, index=None, metrics=None, progress=
     if progress and c.steps % 50:
         progress(c.steps % 50)
     return hist
+
+
+def label_permutations(n: int, k: int, g: torch.Generator) -> torch.Tensor:
+    """[n, k] class relabellings: identity for half the rows, a random permutation for the other half."""
+    perm = torch.argsort(torch.rand(n, k, generator=g), 1)
+    keep = torch.rand(n, generator=g) < 0.5
+    return torch.where(keep[:, None], torch.arange(k).expand(n, k), perm)
 
 
 def _track(hist, ema, name, value):
