@@ -6,16 +6,21 @@
 
 Tasks arrive one at a time. Task t gets an embedding of its own, initialised from the set
 encoder's embedding of its train split (the encoder stays at its initialisation: a random
-projection of the class means) and learned while task t trains, then frozen and stored
-(module `tasks`, so `sample` for a continual task uses it). After task t, the generated
-weights for every task s <= t at `continual_snapshots` fixed noise draws are snapshotted;
-while later tasks train, the output regularizer
+projection of the class means) and learned while task t trains (at continual_emb_lr x lr),
+then frozen and stored (module `tasks`, so `sample` for a continual task uses it). After task
+t the hypernetwork is snapshotted (a frozen copy H*); while later tasks train, the output
+regularizer
 
-    beta * mean over s < t, draws j of || (H(e_s, z_j) - snapshot_s,j) / scales ||^2 / P
+    beta * mean over s < t and `continual_snapshots` fresh noise draws z of || (H(e_s, z) - H*(e_s, z)) / scales ||^2 / P
 
-keeps them where they were. No earlier task's data is seen again. Steps are per task.
+keeps the weights generated for every earlier task where they were, for every z (Chandra et
+al. regularize one output per task; with a noise input the snapshot is the function of z).
+No earlier task's data is seen again. Steps are per task.
+`history["acc_after_task"][t]` is the test accuracy on tasks 0..t after task t (forgetting).
 """
 from __future__ import annotations
+
+import copy
 
 import torch
 
@@ -35,12 +40,15 @@ def train_continual(gen, datasets, progress=None) -> dict[str, list[float]]:
     g = torch.Generator().manual_seed(c.seed)
     z_fixed = gen.draw_z(c.continual_snapshots, torch.Generator().manual_seed(c.seed + 1))
     k, j = c.z_per_task, c.continual_snapshots
-    snaps: list[torch.Tensor] = []
-    hist: dict[str, list[float]] = {"task_loss": [], "reg_loss": [], "final_task_loss": []}
+    frozen = None
+    hist: dict[str, list] = {"task_loss": [], "reg_loss": [], "final_task_loss": [], "acc_after_task": []}
     head.train()
     for t, ds in enumerate(datasets):
-        with torch.no_grad():
-            e0 = embed_dataset(enc, ds, c.context_per_class)
+        if c.continual_embedding == "dataset":
+            with torch.no_grad():
+                e0 = embed_dataset(enc, ds, c.context_per_class)
+        else:  # "random": a task code of its own, as von Oswald et al.'s task embeddings
+            e0 = 2.0 * torch.randn(c.cond_dim, generator=g)
         e_t = torch.nn.Parameter(e0.clone())
         params = [e_t] + [p for p in head.parameters() if p.requires_grad]
         opt = torch.optim.AdamW([{"params": params[1:]}, {"params": [e_t], "lr": c.lr * c.continual_emb_lr}],
@@ -55,9 +63,11 @@ def train_continual(gen, datasets, progress=None) -> dict[str, list[float]]:
             tl = task_losses(layout, w, x, y, k, batches.task).mean()
             loss = tl + (c.diversity * repulsion(w, head.scales, k) if c.diversity > 0 else 0.0)
             if t > 0 and c.continual_beta > 0:
-                u = gen.inputs(prev.repeat_interleave(j, 0), None, z_fixed.repeat(t, 1))
-                old = head(u)[:, :layout.num_trainable]
-                reg = (((old - torch.cat(snaps)) / head.scales) ** 2).mean()
+                # the earlier tasks' outputs at fresh noise draws, against the frozen copy from before this task
+                u = gen.inputs(prev.repeat_interleave(j, 0), None, gen.draw_z(t * j, g))
+                with torch.no_grad():
+                    target = frozen(u)[:, :layout.num_trainable]
+                reg = (((head(u)[:, :layout.num_trainable] - target) / head.scales) ** 2).mean()
                 loss = loss + c.continual_beta * reg
                 hist["reg_loss"].append(float(reg.detach()))
             opt.zero_grad(set_to_none=True)
@@ -72,8 +82,12 @@ def train_continual(gen, datasets, progress=None) -> dict[str, list[float]]:
             progress(c.steps % 50)
         with torch.no_grad():
             table.emb[t] = e_t.detach()
+            frozen = copy.deepcopy(head).eval().requires_grad_(False)
             u = gen.inputs(table.emb[:t + 1].repeat_interleave(j, 0), None, z_fixed.repeat(t + 1, 1))
-            snaps = list(head(u)[:, :layout.num_trainable].detach().split(j))
+            full = head(u).detach()
+            # test accuracy on every task so far, at the snapshot draws (a report of forgetting; no training signal)
+            hist["acc_after_task"].append([float(evaluate(sw, layout, d).accuracy.mean())
+                                           for sw, d in zip(full.split(j), datasets[:t + 1])])
         hist["final_task_loss"] = [sum(hist["task_loss"][-20:]) / max(1, len(hist["task_loss"][-20:]))]
     return hist
 

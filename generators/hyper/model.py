@@ -114,6 +114,7 @@ class HyperNetwork(WeightGenerator):
         zoo_batch: int = 32  # zoo/both: checkpoints per step
         continual_beta: float = 10.0  # continual: weight of the output regularizer
         continual_snapshots: int = 4  # continual: fixed noise draws whose outputs are kept per earlier task
+        continual_embedding: str = "random"  # continual: a task's embedding starts as a random code, or "dataset" (set encoder)
         continual_emb_lr: float = 10.0  # continual: learning rate of a task's embedding, as a multiple of lr
         seed: int = 0
 
@@ -145,6 +146,8 @@ class HyperNetwork(WeightGenerator):
         if c.theta0 == "zoo-mean" and c.mode == "task":
             raise UserError("theta0=zoo-mean needs zoo weights, but mode=task uses none",
                             "use theta0=kaiming (or a checkpoint path), or mode=zoo / both")
+        if c.continual_embedding not in ("random", "dataset"):
+            raise UserError(f"continual_embedding {c.continual_embedding!r}", "use random or dataset")
         if c.continual and c.mode != "task":
             raise UserError(f"continual mode learns from the tasks' loss, not mode={c.mode}", "use mode=task with continual")
         self.modules: dict[str, nn.Module] = {}
