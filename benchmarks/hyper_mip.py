@@ -64,24 +64,23 @@ def forgetting(after: list[list[float]]) -> float:
 def mip_part(args, layout, tasks) -> dict:
     runs, totals = [], {True: 0, False: 0}
     censored = {True: 0, False: 0}
-    for arch in args.archs:
-        for seed in range(args.seeds):
-            row = {"arch": arch, "seed": seed}
-            for mip in (True, False):
-                t0 = time.perf_counter()
-                gen = HyperNetwork(arch=arch, mip=mip, steps=args.steps, seed=seed, hidden=args.hidden,
-                                   lr=args.lr).fit_tasks(layout, tasks)
-                n = steps_to(gen.history["task_loss"], args.target_loss)
-                if n is None:
-                    censored[mip] += 1
-                    n = args.steps + 1
-                totals[mip] += n
-                key = "mip" if mip else "plain"
-                row[f"{key}_steps"] = n
-                row[f"{key}_final_loss"] = round(gen.fit_info["final_task_loss"], 5)
-                row[f"{key}_seconds"] = round(time.perf_counter() - t0, 1)
-            print(json.dumps({**row, "load": load1()}), flush=True)
-            runs.append(row)
+    for arch, lr, seed in [(a, lr, s) for a in args.archs for lr in args.lrs for s in range(args.seeds)]:
+        row = {"arch": arch, "lr": lr, "seed": seed}
+        for mip in (True, False):
+            t0 = time.perf_counter()
+            gen = HyperNetwork(arch=arch, mip=mip, steps=args.steps, seed=seed, hidden=args.hidden,
+                               lr=lr).fit_tasks(layout, tasks)
+            n = steps_to(gen.history["task_loss"], args.target_loss)
+            if n is None:
+                censored[mip] += 1
+                n = args.steps + 1
+            totals[mip] += n
+            key = "mip" if mip else "plain"
+            row[f"{key}_steps"] = n
+            row[f"{key}_final_loss"] = round(gen.fit_info["final_task_loss"], 5)
+            row[f"{key}_seconds"] = round(time.perf_counter() - t0, 1)
+        print(json.dumps({**row, "load": load1()}), flush=True)
+        runs.append(row)
     return {"mip_step_ratio": round(totals[False] / totals[True], 3), "mip_steps_total": totals[True],
             "plain_steps_total": totals[False], "mip_censored": censored[True], "plain_censored": censored[False],
             "mip_runs": runs, "target_loss": args.target_loss, "mip_budget_steps": args.steps}
@@ -123,17 +122,18 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=600, help="MIP part: step budget of every run")
     ap.add_argument("--target-loss", type=float, default=0.05)
     ap.add_argument("--hidden", type=int, default=128)
-    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--lrs", default="1e-3,3e-3", help="MIP part: learning rates (MIP claims stability at larger ones)")
     ap.add_argument("--mip-tasks", type=int, default=10, help="MIP part: the first N digits-pair tasks")
     ap.add_argument("--tasks", type=int, default=10, help="continual part: number of tasks in the sequence")
     ap.add_argument("--task-seed", type=int, default=0)
-    ap.add_argument("--cont-arch", default="rnn")
+    ap.add_argument("--cont-arch", default="mlp")
     ap.add_argument("--cont-steps", type=int, default=300)
     ap.add_argument("--cont-lr", type=float, default=3e-3)
     ap.add_argument("--skip-mip", action="store_true")
     ap.add_argument("--skip-continual", action="store_true")
     args = ap.parse_args()
     args.archs = [a.strip() for a in args.archs.split(",") if a.strip()]
+    args.lrs = [float(x) for x in args.lrs.split(",") if x.strip()]
     if args.quick:
         args.seeds, args.steps, args.cont_steps = 1, 300, 150
     torch.manual_seed(0)
