@@ -287,13 +287,16 @@ def eval_cmd(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Report directory (default: the generator's folder/report)."),
     seed: int = typer.Option(0, "--seed", help="Sampling seed."),
     target_acc: Optional[float] = typer.Option(None, "--target-acc", help="Target test accuracy (generators fit with --metric test_acc)."),
-    no_baselines: bool = typer.Option(False, "--no-baselines", help="Skip the baselines (noise, checkpoint average, Gaussian fit, aligned interpolation)."),
+    no_baselines: bool = typer.Option(False, "--no-baselines", help="Skip the Zeng et al. baselines (noise, checkpoint average, Gaussian fit, aligned interpolation); majority, retrieval and shuffled-condition stay."),
     finetune_models: int = typer.Option(16, "--finetune-models", help="Models per fine-tuning curve (0 skips the curves)."),
-    select: int = typer.Option(1, "--select", help="Draw SELECT x n candidates, keep the n with the lowest training-split loss (1 = every sample)."),
+    select: int = typer.Option(1, "--select", help="Draw SELECT x n candidates, keep the n with the lowest training-split loss (1 = every sample); the raw samples are reported beside them."),
+    protocol: Optional[str] = typer.Option(None, "--protocol", help="Evaluate a protocol's held-out tasks (default conditions without --dataset); refused when the generator saw one of them. A built-in, a .toml file or inline items (docs/generators.md, Protocols)."),
+    fresh_store: Optional[Path] = typer.Option(None, "--fresh-store", help="Store of freshly trained models of the same spec (new seeds): reported as the `fresh` kind, the novelty reference."),
     revision: Optional[str] = RevisionOption,
     fmt: str = common.FormatOption,
 ) -> None:
-    """The report: accuracy vs the zoo, novelty vs baselines, fine-tuning curves; PNG + JSON, stored in the store."""
+    """The report: accuracy vs the zoo, the majority class, retrieval and shuffled-condition baselines, gap closed,
+    novelty vs baselines and fresh models, fine-tuning curves; PNG + JSON, stored in the store."""
     import pandas as pd
 
     from generators.conditions import check_n
@@ -304,11 +307,34 @@ def eval_cmd(
 
     common.check_format(fmt, ("table", "json"))
     check_n(n)
+    if isinstance(select, bool) or select < 1:
+        raise UserError(f"--select {select}", "give select >= 1 (1 = keep every sample; k = best n of k*n)")
     if finetune_models < 0:
         raise UserError(f"--finetune-models {finetune_models}", "give 0 (skip) or a positive number")
     target = _target(target_acc)
-    zs = _open_store(store, create=True)
+    spec = None
+    if protocol is not None:
+        from generators.protocols import parse_protocol
+
+        spec = parse_protocol(protocol)
+    fresh = None
+    if fresh_store is not None:
+        if not (fresh_store / "zoo.json").is_file():
+            raise UserError(f"--fresh-store {fresh_store} is not a store", "give a store of freshly trained models "
+                            "(wsl zoo train SPEC --store DIR with new seeds)")
+        fresh = _open_store(fresh_store, create=False)
+    if spec is not None and not (common.store_path(store) / "zoo.json").is_file():
+        raise UserError(f"--protocol needs the zoo's store; {common.store_path(store)} is not one",
+                        "give --store DIR of the zoo the generator was fit on")
+    zs = _open_store(store, create=spec is None)
+    held: list[str] = []
+    if spec is not None:  # before anything is written: the held-out tasks exist in the zoo and are unseen
+        from generators.protocols import check_held_out_unseen, resolve
+
+        held = list(resolve(spec, zs).held_out)
     gen, source = open_generator(gen_ref, zs, revision)
+    if held:
+        check_held_out_unseen(held, gen.fit_info, f"generator {gen.generator_id}")
     if out is None:
         if str(source).startswith("hf://"):
             raise UserError(f"{gen_ref} was downloaded from the Hub: its folder is the download cache",
@@ -317,13 +343,14 @@ def eval_cmd(
     for d in datasets:
         gen.check_dataset(load_dataset(d))
     training_weights(zs, gen)  # a store with only part of the training set is an error before any work
-    conds = list(datasets) or default_conditions(zs, gen)
+    conds = list(datasets) + [t for t in held if t not in datasets] if (datasets or held) else \
+        default_conditions(zs, gen)
     if not conds:
         raise UserError("no dataset to evaluate on", "give --dataset NAME")
     with common.progress_bar("eval generator", total=len(conds), unit="conditions") as update:
         rep = evaluate_generator(gen, conds, store=zs, n=n, seed=seed, target=target,
                                  with_baselines=not no_baselines, finetune_n=finetune_models, progress=update,
-                                 select=select)
+                                 select=select, held_out=held or None, fresh_store=fresh)
     rep.save(out)
     written = record(zs, gen, rep, source)
     summary = rep.summary()
@@ -338,7 +365,8 @@ def eval_cmd(
             if c.accuracy.get(kind, {}).get("n"):
                 row[kind] = c.accuracy[kind]["mean"]
         g = c.accuracy["generated"]
-        row.update({"gen_best": g["best"], "gen_min": g["min"], "gen_nn_l2": c.novelty.get("generated", {}).get("nn_l2_mean")})
+        row.update({"gap_closed": c.gap_closed.get("generated"), "gen_best": g["best"], "gen_min": g["min"],
+                    "gen_nn_l2": c.novelty.get("generated", {}).get("nn_l2_mean")})
         per.append(row)
     common.print_table(pd.DataFrame(per), f"mean test accuracy of {n} models per condition")
     for group, s in summary.items():
