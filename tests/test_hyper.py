@@ -130,6 +130,22 @@ def test_bad_options_are_user_errors(options, needle):
         HyperNetwork(**options)
 
 
+def test_zoo_modes_need_checkpoints(layout):
+    with pytest.raises(UserError, match="regresses onto zoo checkpoints"):
+        HyperNetwork(mode="zoo", steps=1, **TINY).fit_tasks(layout, TASKS)
+
+
+def test_zoo_and_both_modes_fit_on_checkpoints(layout):
+    from generators.hyper.continual import per_task_models
+
+    w, _ = per_task_models(layout, [load_dataset(t) for t in TASKS], steps=30)
+    w = torch.cat([w, w + 0.01 * torch.randn_like(w)])
+    for mode in ("zoo", "both"):
+        gen = HyperNetwork(mode=mode, theta0="zoo-mean", steps=10, **TINY).fit_tensors(w, layout, TASKS * 2)
+        assert gen.sample(2, TASKS[0], seed=0)[0].shape == (2, layout.num_params)
+        assert gen.fit_info["final_zoo_loss"] >= 0
+
+
 def test_tasks_that_do_not_fit_the_layout_are_refused(layout):
     with pytest.raises(UserError, match="does not fit"):
         HyperNetwork(steps=1, **TINY).fit_tasks(layout, ["digits-pair:0-1", "digits"])  # 10 classes, 2 outputs

@@ -234,6 +234,9 @@ class HyperNetwork(WeightGenerator):
         head.scales.copy_(tensor_scales(layout, kaiming_theta0(layout, theta0_seed(c.seed))))
 
     def _fit_tasks(self, layout: ParamLayout, datasets: list[Dataset], progress) -> None:
+        if self.config.mode != "task":
+            raise UserError(f"mode={self.config.mode} regresses onto zoo checkpoints, but fit_tasks gives none",
+                            "use mode=task, or fit(store, where) / `wsl generate fit --where ...` for zoo / both")
         self._run_fit(layout, datasets, None, None, {}, progress)
 
     def _fit(self, weights, datasets, index, metrics, groups, progress) -> None:
