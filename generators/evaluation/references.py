@@ -99,6 +99,29 @@ def training_weights_split(store, gen: WeightGenerator) -> tuple[torch.Tensor, t
     return w, None
 
 
+def seen_zoo_split(store, gen: WeightGenerator, align_by: str = "seed") -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    """For a generator fit from tasks alone (no recorded checkpoints): the zoo's last checkpoints of its seen
+    tasks with its layout, (as stored, as aligned by `align_by`), the set a weight-trained generator would have
+    learned from, so that NN-L2 novelty compares every method with the same zoo. None without such checkpoints."""
+    from generators.components.symmetry import align_groups
+    from generators.protocols import tasks_seen_by
+    from generators.training_set import Split, select
+
+    seen = sorted(tasks_seen_by(gen.fit_info))
+    if not _has_zoo(store) or not seen or (gen.training or {}).get("checkpoint_ids"):
+        return None
+    params: dict[str, Any] = {"wsl_layout": gen.layout.layout_id}
+    try:
+        ts = select(store, "checkpoints.layout_id = $wsl_layout", params=params, last=True,
+                    protocol=Split("seen", seen, ()))
+    except UserError:  # the store has no checkpoint of those tasks with this layout
+        return None
+    w, layout, meta = ts.single()
+    if align_by in meta.columns:
+        return w, align_groups(w, layout, list(meta[align_by]))
+    return w, None
+
+
 def task_checkpoints(store, tasks, layout_id: str) -> tuple[torch.Tensor, list[str]]:
     """The last checkpoint of every finished model of `tasks` with this layout, in checkpoint-id order: ([m, P], task of each).
 
