@@ -64,14 +64,14 @@ def training_weights(store, gen: WeightGenerator, layout=None) -> torch.Tensor |
     of them. A store holding only some of them, or other weights under those ids, is a
     UserError (training_set.from_ids): a distance to part of a training set is wrong.
     """
-    parts = training_weights_split(store, gen)
+    parts = training_weights_split(store, gen, layout)
     if parts is None:
         return None
     stored, aligned = parts
     return stored if aligned is None else torch.cat([stored, aligned])
 
 
-def training_weights_split(store, gen: WeightGenerator) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+def training_weights_split(store, gen: WeightGenerator, layout=None) -> tuple[torch.Tensor, torch.Tensor | None] | None:
     """(as stored [N, P], as aligned [N, P] or None without alignment): what training_weights concatenates."""
     ids = (gen.training or {}).get("checkpoint_ids") or []
     if store is None or not ids:
