@@ -86,6 +86,8 @@ def fit_cmd(
     seed: int = typer.Option(0, "--seed", help="Training seed."),
     options: List[str] = typer.Option([], "--set", help="Any other generator option as KEY=VALUE (see docs/generators.md); repeatable."),
     skip_damaged: bool = typer.Option(False, "--skip-damaged", help="Leave out checkpoints whose stored weights fail their integrity check (reported on stderr) instead of stopping."),
+    datasets: List[str] = typer.Option([], "--datasets", help="Fit from tasks alone, no zoo weights (methods that need none, e.g. hyper with mode=task): dataset names or patterns such as digits-pair:*, repeatable or comma-separated."),
+    arch: Optional[str] = typer.Option(None, "--arch", help="With --datasets: the generated models' architecture as JSON, e.g. '{\"name\": \"mlp\", \"width\": 32, \"depth\": 2}' (sizes filled from the first dataset); default: the store's one layout."),
     fmt: str = common.FormatOption,
 ) -> None:
     """Fit a weight generator on the checkpoints a SQL filter selects; keep it in the store (or --out) with its row."""
@@ -94,6 +96,8 @@ def fit_cmd(
 
     common.check_format(fmt, ("table", "json"))
     klass = get_method(method)  # an unknown name is a UserError listing what the registry has
+    if datasets or arch is not None:
+        return _fit_tasks_cmd(klass, method, store, out, datasets, arch, where, protocol, seed, options, fmt)
     if protocol is not None:
         from generators.protocols import parse_protocol
 
@@ -150,6 +154,74 @@ def fit_cmd(
     _emit(summary, fmt, "wsl generate fit")
 
 
+def _task_names(items: List[str]) -> list[str]:
+    """--datasets values: names and family patterns (digits-pair:*), repeatable or comma-separated, in order, once each."""
+    from zoo.datasets import expand_pattern
+
+    out: list[str] = []
+    for item in items:
+        for name in (n.strip() for n in item.split(",")):
+            if not name:
+                continue
+            for t in (expand_pattern(name) if name.endswith(":*") else [name]):
+                if t not in out:
+                    out.append(t)
+    return out
+
+
+def _fit_tasks_cmd(klass, method: str, store, out, datasets, arch, where, protocol, seed, options, fmt) -> None:
+    """`fit --datasets ...`: a generator fit from tasks alone (klass.needs_weights is False), no zoo weights read."""
+    import dataclasses
+
+    from generators.evaluation.records import keep, store_folder
+    from zoo import config_for, load_dataset
+    from zoo.population import layout_for
+
+    if getattr(klass, "needs_weights", True):
+        raise UserError(f"the {method} method learns from a zoo's weights: --datasets alone cannot fit it",
+                        "fit it on a store's checkpoints (--where / --protocol), or use --method hyper")
+    if where is not None or protocol is not None:
+        raise UserError("--datasets fits on the named tasks; --where / --protocol select zoo checkpoints",
+                        "give either --datasets or --where / --protocol")
+    names = _task_names(datasets)
+    if not names:
+        raise UserError("--arch without --datasets: no tasks to fit on", "give --datasets NAME (repeatable)")
+    config = _parse_options(options)
+    if "seed" in {f.name for f in dataclasses.fields(klass.Config)}:
+        config["seed"] = seed
+    gen = klass(**config)  # validates the options before any work
+    first = load_dataset(names[0])
+    zs = _open_store(store, create=False) if arch is None else None
+    if arch is not None:
+        try:
+            arch_cfg = json.loads(arch)
+        except json.JSONDecodeError as e:
+            raise UserError(f"--arch {arch!r} is not JSON ({e})", 'write e.g. --arch \'{"name": "mlp", "width": 32}\'') from None
+        if not isinstance(arch_cfg, dict) or "name" not in arch_cfg:
+            raise UserError(f"--arch {arch!r} is not an architecture config", 'give a JSON object with a "name"')
+        layout = layout_for(config_for(first, arch_cfg))
+    else:
+        ids = (list(zs.sql("SELECT DISTINCT layout_id FROM checkpoints ORDER BY layout_id")["layout_id"])
+               if zs.count("checkpoints") else [])
+        if len(ids) != 1:
+            raise UserError(f"store {zs.path} has checkpoints of {len(ids)} layouts: no single architecture to generate",
+                            'give --arch \'{"name": "mlp", "width": 32, "depth": 2}\' (or a store with one layout)')
+        layout = zs.layout(ids[0])
+    if out is not None and out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} exists and is not a directory", "give a new or existing directory")
+    t0 = time.perf_counter()
+    with common.progress_bar(f"fit {method} on {len(names)} tasks", total=None, unit="steps") as update:
+        gen.fit_tasks(layout, names, progress=update)
+    zs = zs or _open_store(store, create=True)
+    path = keep(zs, gen, out)
+    summary = {"generator_id": gen.generator_id, "method": method, "layout_id": layout.layout_id,
+               "num_params": layout.num_params, "num_train": 0, "conditions": len(names),
+               "mode": gen.fit_info.get("mode"), "final_task_loss": gen.fit_info.get("final_task_loss"),
+               "seconds": round(time.perf_counter() - t0, 2), "path": str(path),
+               "in_store": out is None or Path(path).resolve() == store_folder(zs, gen.generator_id).resolve()}
+    _emit(summary, fmt, "wsl generate fit")
+
+
 # --------------------------------------------------------------------------- sample
 def sample_cmd(
     gen_ref: str = GenArgument,
@@ -160,6 +232,7 @@ def sample_cmd(
     target_acc: Optional[float] = typer.Option(None, "--target-acc", help="Target test accuracy (generators fit with --metric test_acc)."),
     dataset_seed: int = typer.Option(0, "--dataset-seed", help="Split seed of the dataset."),
     select: int = typer.Option(1, "--select", help="Draw SELECT x n candidates, keep the n with the lowest training-split loss (1 = every sample)."),
+    layout_id: Optional[str] = typer.Option(None, "--layout", help="Layout id to generate, for a generator fit on several layouts (vqar): one of its layouts, or another width of its family from the store's layouts table (default: the generator's main layout)."),
     revision: Optional[str] = RevisionOption,
     fmt: str = common.FormatOption,
 ) -> None:
@@ -180,16 +253,20 @@ def sample_cmd(
     gen, source = open_generator(gen_ref, zs, revision)
     ds = load_dataset(dataset, seed=dataset_seed)
     gen.check_dataset(ds)
-    check_store_layout(zs, gen, ds.name)
-    tw = training_weights(zs, gen)  # by recorded id: a store with only part of them is an error, before any write
+    layout = _sample_layout(gen, zs, layout_id)
+    check_store_layout(zs, gen, ds.name, layout)
+    tw = training_weights(zs, gen, layout)  # by recorded id: a store with only part of them is an error, before any write
     t0 = time.perf_counter()
     cond = Condition(dataset, target, dataset_seed)
-    w, layout = gen.sample(n, cond, seed=seed, select=select)
+    w, layout = gen.sample(n, cond, seed=seed, select=select, layout=layout)
     t_gen = time.perf_counter() - t0
     res = evaluate(w, layout, ds, split="test")
     nn = nearest_l2(w, tw) if tw is not None else torch.full((n,), math.nan, dtype=torch.float64)
     t_all = time.perf_counter() - t0
-    rows = sample_rows(gen, cond.label(), ds.dataset_id, seed, sample_kind("generated", select),
+    kind = sample_kind("generated", select)
+    if layout.layout_id != gen.layout.layout_id:  # another layout of a multi-layout generator: its own sample ids
+        kind = f"{kind}-layout{layout.layout_id}"
+    rows = sample_rows(gen, cond.label(), ds.dataset_id, seed, kind,
                        {"test_loss": res.loss, "test_acc": res.accuracy, "nn_l2": nn})
     record_generator(zs, gen, source, None)  # a samples row always names a generator that has a row
     written = zs.append_weights("samples", w, rows, layout)
@@ -204,6 +281,25 @@ def sample_cmd(
         typer.echo("note: nn_l2 not computed: the generator's training checkpoints are not in this store "
                    "(pull its zoo with --weights, or use the store it was fit on)", err=True)
     _emit(summary, fmt, "wsl generate sample")
+
+
+def _sample_layout(gen, zs, layout_id: Optional[str]):
+    """The ParamLayout `--layout` names: one the generator was fit on, else the store's layouts table; None without it."""
+    if layout_id is None:
+        return None
+    fit = {lay.layout_id: lay for lay in getattr(gen, "layouts", [gen.layout])}
+    if layout_id in fit:
+        return fit[layout_id]
+    if not getattr(gen, "multi_layout", False):
+        raise UserError(f"--layout {layout_id}: this {gen.method} generator makes layout {gen.layout.layout_id} only",
+                        "leave --layout out, or use a generator fit on several layouts (--method vqar)")
+    try:
+        return zs.layout(layout_id)
+    except UserError:
+        raise UserError(f"--layout {layout_id} is neither a layout this generator was fit on ({', '.join(fit)}) nor one "
+                        f"in store {zs.path}'s layouts table",
+                        "give one of the generator's layouts, or a layout id the store holds "
+                        "(wsl query \"SELECT layout_id, architecture, num_params FROM layouts\")") from None
 
 
 # --------------------------------------------------------------------------- eval

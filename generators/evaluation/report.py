@@ -43,8 +43,8 @@ from generators.evaluation.finetune import STEPS, finetune_curve, random_init
 from generators.evaluation.kinds import KINDS_ORDER
 from generators.evaluation import task_baselines as tb
 from generators.evaluation.novelty import aligned_nearest_l2, iou_stats, l2_stats, nearest_l2, wrong_sets
-from generators.evaluation.references import (check_store_layout, task_checkpoints, training_set_status,
-                                              training_weights_split, zoo_checkpoints)
+from generators.evaluation.references import (check_store_layout, seen_zoo_split, task_checkpoints,
+                                              training_set_status, training_weights_split, zoo_checkpoints)
 from generators.interface import WeightGenerator
 from generators.protocols import check_held_out_unseen, tasks_seen_by
 from store import filters
@@ -206,7 +206,7 @@ class Context:
 
 def report_context(store, gen: WeightGenerator, fresh_store=None, pool: bool = True) -> Context:
     """The shared part of a report: training weights by recorded id, the retrieval pool of the seen tasks."""
-    parts = training_weights_split(store, gen)
+    parts = training_weights_split(store, gen) or seen_zoo_split(store, gen)  # task-only fits: the seen tasks' zoo
     seen = tuple(sorted(tasks_seen_by(gen.fit_info)))
     ctx = Context(*(parts or (None, None)), seen_tasks=seen, fresh_store=fresh_store)
     if pool and store is not None and seen:
