@@ -86,6 +86,8 @@ def fit_cmd(
     seed: int = typer.Option(0, "--seed", help="Training seed."),
     options: List[str] = typer.Option([], "--set", help="Any other generator option as KEY=VALUE (see docs/generators.md); repeatable."),
     skip_damaged: bool = typer.Option(False, "--skip-damaged", help="Leave out checkpoints whose stored weights fail their integrity check (reported on stderr) instead of stopping."),
+    datasets: List[str] = typer.Option([], "--datasets", help="Fit from tasks alone, no zoo weights (methods that need none, e.g. hyper with mode=task): dataset names or patterns such as digits-pair:*, repeatable or comma-separated."),
+    arch: Optional[str] = typer.Option(None, "--arch", help="With --datasets: the generated models' architecture as JSON, e.g. '{\"name\": \"mlp\", \"width\": 32, \"depth\": 2}' (sizes filled from the first dataset); default: the store's one layout."),
     fmt: str = common.FormatOption,
 ) -> None:
     """Fit a weight generator on the checkpoints a SQL filter selects; keep it in the store (or --out) with its row."""
@@ -94,6 +96,8 @@ def fit_cmd(
 
     common.check_format(fmt, ("table", "json"))
     klass = get_method(method)  # an unknown name is a UserError listing what the registry has
+    if datasets or arch is not None:
+        return _fit_tasks_cmd(klass, method, store, out, datasets, arch, where, protocol, seed, options, fmt)
     if protocol is not None:
         from generators.protocols import parse_protocol
 
@@ -147,6 +151,74 @@ def fit_cmd(
         from store.verified_read import skipped_message
 
         typer.echo(f"warning: {skipped_message(zs.skipped_rows)}", err=True)
+    _emit(summary, fmt, "wsl generate fit")
+
+
+def _task_names(items: List[str]) -> list[str]:
+    """--datasets values: names and family patterns (digits-pair:*), repeatable or comma-separated, in order, once each."""
+    from zoo.datasets import expand_pattern
+
+    out: list[str] = []
+    for item in items:
+        for name in (n.strip() for n in item.split(",")):
+            if not name:
+                continue
+            for t in (expand_pattern(name) if name.endswith(":*") else [name]):
+                if t not in out:
+                    out.append(t)
+    return out
+
+
+def _fit_tasks_cmd(klass, method: str, store, out, datasets, arch, where, protocol, seed, options, fmt) -> None:
+    """`fit --datasets ...`: a generator fit from tasks alone (klass.needs_weights is False), no zoo weights read."""
+    import dataclasses
+
+    from generators.evaluation.records import keep, store_folder
+    from zoo import config_for, load_dataset
+    from zoo.population import layout_for
+
+    if getattr(klass, "needs_weights", True):
+        raise UserError(f"the {method} method learns from a zoo's weights: --datasets alone cannot fit it",
+                        "fit it on a store's checkpoints (--where / --protocol), or use --method hyper")
+    if where is not None or protocol is not None:
+        raise UserError("--datasets fits on the named tasks; --where / --protocol select zoo checkpoints",
+                        "give either --datasets or --where / --protocol")
+    names = _task_names(datasets)
+    if not names:
+        raise UserError("--arch without --datasets: no tasks to fit on", "give --datasets NAME (repeatable)")
+    config = _parse_options(options)
+    if "seed" in {f.name for f in dataclasses.fields(klass.Config)}:
+        config["seed"] = seed
+    gen = klass(**config)  # validates the options before any work
+    first = load_dataset(names[0])
+    zs = _open_store(store, create=False) if arch is None else None
+    if arch is not None:
+        try:
+            arch_cfg = json.loads(arch)
+        except json.JSONDecodeError as e:
+            raise UserError(f"--arch {arch!r} is not JSON ({e})", 'write e.g. --arch \'{"name": "mlp", "width": 32}\'') from None
+        if not isinstance(arch_cfg, dict) or "name" not in arch_cfg:
+            raise UserError(f"--arch {arch!r} is not an architecture config", 'give a JSON object with a "name"')
+        layout = layout_for(config_for(first, arch_cfg))
+    else:
+        ids = (list(zs.sql("SELECT DISTINCT layout_id FROM checkpoints ORDER BY layout_id")["layout_id"])
+               if zs.count("checkpoints") else [])
+        if len(ids) != 1:
+            raise UserError(f"store {zs.path} has checkpoints of {len(ids)} layouts: no single architecture to generate",
+                            'give --arch \'{"name": "mlp", "width": 32, "depth": 2}\' (or a store with one layout)')
+        layout = zs.layout(ids[0])
+    if out is not None and out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} exists and is not a directory", "give a new or existing directory")
+    t0 = time.perf_counter()
+    with common.progress_bar(f"fit {method} on {len(names)} tasks", total=None, unit="steps") as update:
+        gen.fit_tasks(layout, names, progress=update)
+    zs = zs or _open_store(store, create=True)
+    path = keep(zs, gen, out)
+    summary = {"generator_id": gen.generator_id, "method": method, "layout_id": layout.layout_id,
+               "num_params": layout.num_params, "num_train": 0, "conditions": len(names),
+               "mode": gen.fit_info.get("mode"), "final_task_loss": gen.fit_info.get("final_task_loss"),
+               "seconds": round(time.perf_counter() - t0, 2), "path": str(path),
+               "in_store": out is None or Path(path).resolve() == store_folder(zs, gen.generator_id).resolve()}
     _emit(summary, fmt, "wsl generate fit")
 
 
@@ -239,13 +311,16 @@ def eval_cmd(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Report directory (default: the generator's folder/report)."),
     seed: int = typer.Option(0, "--seed", help="Sampling seed."),
     target_acc: Optional[float] = typer.Option(None, "--target-acc", help="Target test accuracy (generators fit with --metric test_acc)."),
-    no_baselines: bool = typer.Option(False, "--no-baselines", help="Skip the baselines (noise, checkpoint average, Gaussian fit, aligned interpolation)."),
+    no_baselines: bool = typer.Option(False, "--no-baselines", help="Skip the Zeng et al. baselines (noise, checkpoint average, Gaussian fit, aligned interpolation); majority, retrieval and shuffled-condition stay."),
     finetune_models: int = typer.Option(16, "--finetune-models", help="Models per fine-tuning curve (0 skips the curves)."),
-    select: int = typer.Option(1, "--select", help="Draw SELECT x n candidates, keep the n with the lowest training-split loss (1 = every sample)."),
+    select: int = typer.Option(1, "--select", help="Draw SELECT x n candidates, keep the n with the lowest training-split loss (1 = every sample); the raw samples are reported beside them."),
+    protocol: Optional[str] = typer.Option(None, "--protocol", help="Evaluate a protocol's held-out tasks (default conditions without --dataset); refused when the generator saw one of them. A built-in, a .toml file or inline items (docs/generators.md, Protocols)."),
+    fresh_store: Optional[Path] = typer.Option(None, "--fresh-store", help="Store of freshly trained models of the same spec (new seeds): reported as the `fresh` kind, the novelty reference."),
     revision: Optional[str] = RevisionOption,
     fmt: str = common.FormatOption,
 ) -> None:
-    """The report: accuracy vs the zoo, novelty vs baselines, fine-tuning curves; PNG + JSON, stored in the store."""
+    """The report: accuracy vs the zoo, the majority class, retrieval and shuffled-condition baselines, gap closed,
+    novelty vs baselines and fresh models, fine-tuning curves; PNG + JSON, stored in the store."""
     import pandas as pd
 
     from generators.conditions import check_n
@@ -256,11 +331,34 @@ def eval_cmd(
 
     common.check_format(fmt, ("table", "json"))
     check_n(n)
+    if isinstance(select, bool) or select < 1:
+        raise UserError(f"--select {select}", "give select >= 1 (1 = keep every sample; k = best n of k*n)")
     if finetune_models < 0:
         raise UserError(f"--finetune-models {finetune_models}", "give 0 (skip) or a positive number")
     target = _target(target_acc)
-    zs = _open_store(store, create=True)
+    spec = None
+    if protocol is not None:
+        from generators.protocols import parse_protocol
+
+        spec = parse_protocol(protocol)
+    fresh = None
+    if fresh_store is not None:
+        if not (fresh_store / "zoo.json").is_file():
+            raise UserError(f"--fresh-store {fresh_store} is not a store", "give a store of freshly trained models "
+                            "(wsl zoo train SPEC --store DIR with new seeds)")
+        fresh = _open_store(fresh_store, create=False)
+    if spec is not None and not (common.store_path(store) / "zoo.json").is_file():
+        raise UserError(f"--protocol needs the zoo's store; {common.store_path(store)} is not one",
+                        "give --store DIR of the zoo the generator was fit on")
+    zs = _open_store(store, create=spec is None)
+    held: list[str] = []
+    if spec is not None:  # before anything is written: the held-out tasks exist in the zoo and are unseen
+        from generators.protocols import check_held_out_unseen, resolve
+
+        held = list(resolve(spec, zs).held_out)
     gen, source = open_generator(gen_ref, zs, revision)
+    if held:
+        check_held_out_unseen(held, gen.fit_info, f"generator {gen.generator_id}")
     if out is None:
         if str(source).startswith("hf://"):
             raise UserError(f"{gen_ref} was downloaded from the Hub: its folder is the download cache",
@@ -269,13 +367,14 @@ def eval_cmd(
     for d in datasets:
         gen.check_dataset(load_dataset(d))
     training_weights(zs, gen)  # a store with only part of the training set is an error before any work
-    conds = list(datasets) or default_conditions(zs, gen)
+    conds = list(datasets) + [t for t in held if t not in datasets] if (datasets or held) else \
+        default_conditions(zs, gen)
     if not conds:
         raise UserError("no dataset to evaluate on", "give --dataset NAME")
     with common.progress_bar("eval generator", total=len(conds), unit="conditions") as update:
         rep = evaluate_generator(gen, conds, store=zs, n=n, seed=seed, target=target,
                                  with_baselines=not no_baselines, finetune_n=finetune_models, progress=update,
-                                 select=select)
+                                 select=select, held_out=held or None, fresh_store=fresh)
     rep.save(out)
     written = record(zs, gen, rep, source)
     summary = rep.summary()
@@ -290,7 +389,8 @@ def eval_cmd(
             if c.accuracy.get(kind, {}).get("n"):
                 row[kind] = c.accuracy[kind]["mean"]
         g = c.accuracy["generated"]
-        row.update({"gen_best": g["best"], "gen_min": g["min"], "gen_nn_l2": c.novelty.get("generated", {}).get("nn_l2_mean")})
+        row.update({"gap_closed": c.gap_closed.get("generated"), "gen_best": g["best"], "gen_min": g["min"],
+                    "gen_nn_l2": c.novelty.get("generated", {}).get("nn_l2_mean")})
         per.append(row)
     common.print_table(pd.DataFrame(per), f"mean test accuracy of {n} models per condition")
     for group, s in summary.items():

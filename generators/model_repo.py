@@ -81,6 +81,11 @@ def reproduce_lines(gen: WeightGenerator, zoo_repo: str | None = None) -> list[s
             lines.append(f"wsl zoo train {z} --store zoo" if z in specs
                          else f"# zoo {z!r}: train its spec (wsl zoo train SPEC --store zoo) or pull its published dataset")
     fit = [f"wsl generate fit --method {gen.method} --store zoo"]
+    if not t.get("checkpoint_ids") and t.get("datasets") and not getattr(gen, "needs_weights", True):
+        # fit from tasks alone (hyper, mode=task): no zoo to pull, the task names and the architecture rebuild it
+        lines = []
+        fit.append(f"--datasets {shlex.quote(','.join(t['datasets']))} --arch {shlex.quote(json.dumps(gen.layout.arch))}")
+        return lines + [" ".join(fit + _set_options(gen))]
     where = t.get("where", info.get("where"))
     if where:
         fit.append(f"--where {json.dumps(where)}")
@@ -92,16 +97,22 @@ def reproduce_lines(gen: WeightGenerator, zoo_repo: str | None = None) -> list[s
     fit.append(f"--metric {metric or 'none'}")
     align = t.get("align_by", info.get("align_by"))
     fit.append(f"--align-by {align or 'none'}")
-    defaults = type(gen).Config()
-    for k, v in sorted(gen.config_dict().items()):
-        if k == "seed":
-            fit.append(f"--seed {v}")
-        elif getattr(defaults, k, object()) != v:
-            fit.append(f"--set {k}={json.dumps(v) if isinstance(v, str) else v}")
-    lines.append(" ".join(fit))
+    lines.append(" ".join(fit + _set_options(gen)))
     if t.get("params"):
         lines.append(f"# the filter's parameters were {json.dumps(t['params'])}: write their values into --where")
     return lines
+
+
+def _set_options(gen: WeightGenerator) -> list[str]:
+    """--seed and a --set KEY=VALUE for every option that differs from its default (JSON values: true, "text")."""
+    out = []
+    defaults = type(gen).Config()
+    for k, v in sorted(gen.config_dict().items()):
+        if k == "seed":
+            out.append(f"--seed {v}")
+        elif getattr(defaults, k, object()) != v:
+            out.append(f"--set {k}={shlex.quote(json.dumps(v)) if isinstance(v, (str, bool)) else v}")
+    return out
 
 
 def card_text(gen: WeightGenerator, repo_id: str, report: dict[str, Any] | None, zoo_repo: str | None,

@@ -32,6 +32,7 @@ ENTRY_POINT_GROUP = "wsl.generators"
 BUILTIN: dict[str, str] = {
     "diffusion": "generators.diffusion:LatentDiffusion",
     "vqar": "generators.vqar:VQAutoregressive",
+    "hyper": "generators.hyper:HyperNetwork",
 }
 
 _NAME = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")

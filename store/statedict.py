@@ -1,26 +1,30 @@
 """Checkpoint files -> named tensors, read as data, many files in parallel.
 
 Existing zoos ship one file per checkpoint. We read them as data, never as
-code: `.safetensors` through safetensors, everything else through
-`torch.load(weights_only=True)`, which refuses pickled objects other than
-tensors and plain containers. A file that needs arbitrary unpickling is an
-error naming the file, not a risk. Common wrappers (`{"state_dict": ...}`,
-`{"model": ...}`) are unwrapped.
+code: `.safetensors` through safetensors, `torch.save` zip files through
+store/torchzip.py (a closed list of globals, numpy views), and whatever that
+reader does not handle through `torch.load(weights_only=True)`, which refuses
+pickled objects other than tensors and plain containers. A file that needs
+arbitrary unpickling is an error naming the file, not a risk. Common wrappers
+(`{"state_dict": ...}`, `{"model": ...}`) are unwrapped.
 
 Every tensor of the state dict is kept, parameters and buffers alike
 (BatchNorm's `running_mean` / `running_var` / `num_batches_tracked`), so a
 layout that names buffers maps them like any parameter (store/names.py).
 
-Why our own process pool around torch.load: a small checkpoint costs a
-fraction of a millisecond to parse, almost all of it in torch's pure-Python
-weights-only unpickler, so parsing is CPU-bound and single-threaded; worker
-processes (fork, like torch's DataLoader) parse files side by side and send
-back one contiguous buffer per file (no tensor pickling between processes).
+Why our own process pool: parsing is CPU-bound and single-threaded (torch's
+weights-only unpickler costs about 1 ms of Python per small file, torchzip
+about a quarter of that); worker processes (fork, like torch's DataLoader)
+parse files side by side and send back one contiguous buffer per file (no
+tensor pickling between processes). For small files shipping the values back
+costs about as much as parsing them, so by default the first files are parsed
+in this process and timed, and the pool starts only when they are expensive.
 """
 from __future__ import annotations
 
 import os
 import sys
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +39,9 @@ SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
 _WRAPPERS = ("state_dict", "model_state_dict", "model", "params", "weights", "net")
 # below this many files a pool costs more than it saves
 _MIN_FILES_FOR_POOL = 48
+# by default the first files are parsed here, timed: a pool starts only when they cost more than this each
+_PROBE_FILES = 24
+_POOL_MIN_SECONDS_PER_FILE = 2e-3
 
 
 def load_state_dict(path: str | os.PathLike) -> "OrderedDict[str, torch.Tensor]":
@@ -65,15 +72,22 @@ def load_state_dict(path: str | os.PathLike) -> "OrderedDict[str, torch.Tensor]"
     return sd
 
 
-def unwrap(obj: Any) -> "OrderedDict[str, torch.Tensor] | None":
-    """The state dict inside `obj`: itself, or under one of the usual wrapper keys; None if there is none."""
+def unwrap(obj: Any, tensor_type: type = torch.Tensor) -> "OrderedDict[str, Any] | None":
+    """The state dict inside `obj`: itself, or under one of the usual wrapper keys; None if there is none.
+
+    `tensor_type`: torch.Tensor, or store.torchzip.Tensor for what that reader returns.
+    """
+    def floating(v) -> bool:
+        f = v.is_floating_point
+        return f() if callable(f) else f
+
     if isinstance(obj, Mapping):
-        tensors = OrderedDict((str(k), v) for k, v in obj.items() if isinstance(v, torch.Tensor))
-        if tensors and any(v.is_floating_point() for v in tensors.values()):
+        tensors = OrderedDict((str(k), v) for k, v in obj.items() if isinstance(v, tensor_type))
+        if tensors and any(floating(v) for v in tensors.values()):
             return tensors
         for key in _WRAPPERS:
             if key in obj:
-                inner = unwrap(obj[key])
+                inner = unwrap(obj[key], tensor_type)
                 if inner is not None:
                     return inner
     return None
@@ -122,8 +136,17 @@ _DTYPE_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat
 
 
 def read_tensors(path: str | os.PathLike) -> FileTensors:
-    """Read one file into a FileTensors (UserError naming the file when it cannot be read as data)."""
+    """Read one file into a FileTensors (UserError naming the file when it cannot be read as data).
+
+    A torch.save zip file is read by store/torchzip.py (a closed list of globals, numpy
+    views; about 5x cheaper than torch.load for small files); whatever that reader does
+    not handle goes through `load_state_dict` (safetensors or torch.load(weights_only=True)).
+    """
     path = Path(path)
+    if path.suffix != ".safetensors":
+        fast = _read_zip_tensors(path)
+        if fast is not None:
+            return fast
     sd = load_state_dict(path)
     items = list(sd.items())
     if path.suffix == ".safetensors":  # safetensors sorts names alphabetically: put them back in module order
@@ -134,19 +157,38 @@ def read_tensors(path: str | os.PathLike) -> FileTensors:
 
         with safe_open(str(path), framework="pt") as fh:
             meta = fh.metadata() or None
-    floats = {v.dtype for _, v in items if v.is_floating_point()}
-    dtype = _DTYPE_NAMES.get(next(iter(floats)), "mixed") if len(floats) == 1 else "mixed"
-    parts = []
     for name, t in items:
         if t.is_complex():
             raise UserError(f"{path}: tensor {name!r} is complex", "store real-valued parameters only")
-        t = t.detach()
-        if t.dtype != torch.float32:
-            t = t.to(torch.float32)
-        parts.append(t.numpy().reshape(-1))  # numpy views: one concatenate, no per-tensor torch dispatch
+    arrays = [(name, t.detach().to(torch.float32).numpy() if t.dtype != torch.float32 else t.detach().numpy(),
+               bool(t.is_floating_point()), _DTYPE_NAMES.get(t.dtype)) for name, t in items]
+    return _file_tensors(path, arrays, meta)
+
+
+def _file_tensors(path: Path, arrays: list[tuple[str, np.ndarray, bool, str | None]],
+                  meta: dict[str, str] | None) -> FileTensors:
+    """(name, values, is floating, floating dtype name) per tensor -> one FileTensors with a float32 buffer."""
+    floats = {d for _, _, f, d in arrays if f}
+    dtype = (next(iter(floats)) or "mixed") if len(floats) == 1 else "mixed"
+    parts = [np.asarray(a, dtype=np.float32).reshape(-1) for _, a, _, _ in arrays]
     values = np.concatenate(parts) if parts else np.zeros(0, np.float32)
-    return FileTensors(str(path), tuple(n for n, _ in items), tuple(tuple(int(s) for s in t.shape) for _, t in items),
-                       tuple(bool(t.is_floating_point()) for _, t in items), dtype, values, meta)
+    return FileTensors(str(path), tuple(n for n, _, _, _ in arrays), tuple(tuple(int(s) for s in a.shape) for _, a, _, _ in arrays),
+                       tuple(f for _, _, f, _ in arrays), dtype, values, meta)
+
+
+def _read_zip_tensors(path: Path) -> FileTensors | None:
+    """The fast path: a plain state dict in a torch.save zip, or None when torchzip does not handle the file."""
+    from store import torchzip
+
+    try:
+        obj = torchzip.read_zip_checkpoint(path)
+    except (torchzip.Unsupported, OSError):
+        return None  # the torch.load path reads it, or names the file in its error
+    sd = unwrap(obj, tensor_type=torchzip.Tensor)
+    if sd is None:
+        return None
+    return _file_tensors(path, [(k, t.array, t.is_floating_point, t.dtype if t.is_floating_point else None)
+                                for k, t in sd.items()], None)
 
 
 def _read_or_error(path: str):
@@ -182,8 +224,22 @@ def iter_read(paths: Sequence[str | os.PathLike], workers: int | None = None,
     """
     paths = [str(p) for p in paths]
     n_workers = default_workers(len(paths)) if workers is None else max(1, int(workers))
-    if n_workers <= 1 or len(paths) < 2:
-        for p in paths:
+    start = 0
+    if workers is None and n_workers > 1:
+        # A pool pays for itself only when parsing costs more than shipping the values back:
+        # time the first files here and stay in this process when they are cheap.
+        t0 = time.perf_counter()
+        start = min(_PROBE_FILES, len(paths))
+        for p in paths[:start]:
+            ft = read_tensors(p)
+            if progress is not None:
+                progress(1)
+            yield ft
+        if (time.perf_counter() - t0) / max(start, 1) < _POOL_MIN_SECONDS_PER_FILE:
+            n_workers = 1
+    rest = paths[start:]
+    if n_workers <= 1 or len(rest) < 2:
+        for p in rest:
             ft = read_tensors(p)
             if progress is not None:
                 progress(1)
@@ -191,9 +247,9 @@ def iter_read(paths: Sequence[str | os.PathLike], workers: int | None = None,
         return
     import multiprocessing as mp
 
-    chunk = max(1, min(64, len(paths) // (n_workers * 8) or 1))
+    chunk = max(1, min(64, len(rest) // (n_workers * 8) or 1))
     with mp.get_context("fork").Pool(n_workers, initializer=_init_worker) as pool:
-        for r in pool.imap(_read_or_error, paths, chunksize=chunk):
+        for r in pool.imap(_read_or_error, rest, chunksize=chunk):
             if r[0] == "error":
                 raise UserError(r[1], r[2])
             if progress is not None:

@@ -73,7 +73,9 @@ def test_fit_sample_eval(run_cli, stores, gen_dir, tmp_path):
     assert code == 0, err
     r = json.loads(out)  # default conditions: every dataset of the store's zoo with this layout
     assert sorted({row["condition"] for row in r["rows"]}) == TASKS and r["written"]["generators"] == 0
-    assert {row["kind"] for row in r["rows"]} == {"generated", "zoo"}
+    # --no-baselines drops the Zeng et al. baselines; the task baselines stay in every report
+    assert {row["kind"] for row in r["rows"]} == {"generated", "zoo", "majority", "retrieval-select",
+                                                  "retrieval-nearest", "shuffled-condition"}
 
 
 @pytest.mark.parametrize("args, message", [
@@ -148,3 +150,23 @@ def test_missing_generator_dir(run_cli, stores, tmp_path):
     (tmp_path / "empty").mkdir()
     code, _, err = run_cli("generate", "eval", tmp_path / "empty", "--store", stores[0])
     assert code == 2 and "not a generator directory" in err
+
+
+def test_eval_protocol_refuses_a_held_out_task_the_generator_saw(run_cli, stores, gen_dir, tmp_path):
+    before = {t: ZooStore(stores[0]).count(t) for t in ("samples", "generator_reports")}
+    code, out, err = run_cli("generate", "eval", gen_dir, "--store", stores[0], "-n", "2", "--out", tmp_path / "r",
+                             "--protocol", "pattern=digits-pair:*,held-out=digits-pair:0-1")
+    assert code == 2 and "cannot be evaluated as held out" in err
+    for args, message in ((["--protocol", "pattern=digits-pair:*,held-out=digits-pair:7-8"], "no finished zoo models"),
+                          (["--protocol", "pattern=digits-pair:*,held-out=" + "|".join(TASKS)], "no seen task"),
+                          (["--select", "0"], "select >= 1")):
+        code, out, err = run_cli("generate", "eval", gen_dir, "--store", stores[0], "-n", "2", "--out",
+                                 tmp_path / "r", *args)
+        assert code == 2 and message in err, err
+    assert not (tmp_path / "r").exists()
+    assert {t: ZooStore(stores[0]).count(t) for t in before} == before
+    code, out, err = run_cli("generate", "eval", gen_dir, "--store", stores[0], "-n", "2", "--finetune-models", "0",
+                             "--out", tmp_path / "r", "--protocol", "pattern=digits-pair:*,held-out=digits-pair:1-2",
+                             "--format", "json")
+    assert code == 0, err  # default conditions under a protocol: its held-out tasks
+    assert {row["condition"] for row in json.loads(out)["rows"]} == {"digits-pair:1-2"}

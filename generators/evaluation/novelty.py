@@ -19,7 +19,8 @@ Two views, reported next to accuracy for generated models and for every baseline
   noisy baseline would score IoU 0 on every task the zoo solves perfectly while
   a perfect model scores nothing, and averages over tasks would compare
   different task sets.
-- Weights: the L2 distance from each model to its nearest training checkpoint.
+- Weights: the L2 distance from each model to its nearest training checkpoint, as stored
+  (`nearest_l2`) and in the aligned coordinate system (`aligned_nearest_l2`).
 """
 from __future__ import annotations
 
@@ -83,3 +84,28 @@ def nearest_l2(candidates: torch.Tensor, references: torch.Tensor, chunk: int = 
 def l2_stats(distances: torch.Tensor) -> dict[str, float]:
     return {"nn_l2_mean": float(distances.mean()), "nn_l2_median": float(distances.median()),
             "nn_l2_min": float(distances.min())}
+
+
+def aligned_nearest_l2(candidates: torch.Tensor, stored: torch.Tensor, aligned: torch.Tensor, layout,
+                       reference: torch.Tensor) -> torch.Tensor:
+    """[N] NN-L2 up to the hidden-unit permutations we know: the smallest of three distances per candidate.
+
+    The training set exists as stored and as aligned per init group (components/symmetry.py)
+    into one coordinate system centred on `reference` (the aligned mean). A generator's
+    samples live in the aligned system; a noisy copy of a checkpoint lives in the stored
+    one; an independently trained model (the `fresh` reference) lives in neither, its hidden
+    units in an arbitrary order, so its distance as stored says little. Per candidate: the
+    distance as it is to both sets, and its distance to the aligned set after weight matching
+    it onto the reference (`wsl.align`, function-preserving). Taking the smallest makes the
+    figures of generated, copied and fresh models comparable. Without a known permutation
+    symmetry only the first is computed.
+    """
+    from generators.components.symmetry import alignable
+
+    c = candidates.to(torch.float32)
+    best = nearest_l2(c, torch.cat([stored, aligned]))
+    if alignable(layout) and len(c):
+        from wsl.align import align
+
+        best = torch.minimum(best, nearest_l2(align(reference.to(torch.float32), c, layout), aligned))
+    return best

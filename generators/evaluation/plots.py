@@ -4,9 +4,10 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from generators.evaluation.baselines import KINDS as BASELINES
 
-COLORS = {"generated": "tab:blue", "zoo": "tab:green", "noise-0.06": "tab:orange", "noise-0.12": "tab:red",
+COLORS = {"generated": "tab:blue", "generated-raw": "tab:cyan", "zoo": "tab:green", "fresh": "darkgreen",
+          "majority": "black", "retrieval-select": "tab:pink", "retrieval-nearest": "magenta",
+          "shuffled-condition": "gold", "noise-0.06": "tab:orange", "noise-0.12": "tab:red",
           "avg16": "tab:purple", "gaussfit": "tab:brown", "interp": "tab:olive", "random_init": "tab:gray"}
 
 
@@ -30,8 +31,9 @@ def plot_report(report, directory: str | Path) -> list[Path]:
     d = Path(directory)
     out = []
     conds = report.conditions
-    kinds = [k for k in ("zoo", "generated") + BASELINES
-             if any(c.accuracy.get(k, {}).get("n") for c in conds)]
+    from generators.evaluation.kinds import KINDS_ORDER
+
+    kinds = [k for k in KINDS_ORDER if any(c.accuracy.get(k, {}).get("n") for c in conds)]
 
     # 1. accuracy per condition: mean (marker) and min..best (line) of every kind
     fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(conds) + 3), 4))

@@ -37,7 +37,14 @@ def sample_id(generator_id: str, condition: str, seed: int, n: int, kind: str, i
 
 
 def sample_kind(kind: str, select: int = 1) -> str:
-    """The samples.kind of a run: generated models filtered by training loss are 'generated-select{k}'."""
+    """The samples.kind of a run: generated models filtered by training loss are 'generated-select{k}'.
+
+    The raw samples a selected report keeps beside them ('generated-raw') are what a run
+    with select=1 gives: kind 'generated'. Baselines keep their names (noise-0.06, ...,
+    retrieval-select, retrieval-nearest, shuffled-condition, fresh).
+    """
+    if kind == "generated-raw":
+        return "generated"
     return f"{kind}-select{select}" if kind == "generated" and select > 1 else kind
 
 

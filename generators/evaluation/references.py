@@ -3,6 +3,8 @@
     ref, ids = zoo_checkpoints(store, "digits-pair:0-2", layout_id)   # the zoo's models for that dataset
     check_store_layout(store, gen, "digits-pair:0-2")                  # the store's zoo has the generator's layout
     tw = training_weights(store, gen)        # its training checkpoints by recorded id, stored + aligned
+    stored, aligned = training_weights_split(store, gen)   # the same two halves apart
+    pool, tasks = task_checkpoints(store, ["digits-pair:0-1"], layout_id)   # what retrieval picks from
 
 Every query runs over the pool of store/filters.py with our values bound as parameters.
 """
@@ -62,6 +64,15 @@ def training_weights(store, gen: WeightGenerator, layout=None) -> torch.Tensor |
     of them. A store holding only some of them, or other weights under those ids, is a
     UserError (training_set.from_ids): a distance to part of a training set is wrong.
     """
+    parts = training_weights_split(store, gen)
+    if parts is None:
+        return None
+    stored, aligned = parts
+    return stored if aligned is None else torch.cat([stored, aligned])
+
+
+def training_weights_split(store, gen: WeightGenerator) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    """(as stored [N, P], as aligned [N, P] or None without alignment): what training_weights concatenates."""
     ids = (gen.training or {}).get("checkpoint_ids") or []
     if store is None or not ids:
         return None
@@ -84,8 +95,52 @@ def training_weights(store, gen: WeightGenerator, layout=None) -> torch.Tensor |
                         "use the store it was fit on")
     align_by = (gen.training or {}).get("align_by", gen.fit_info.get("align_by"))
     if align_by and align_by in meta.columns:
-        return torch.cat([w, align_groups(w, layout, list(meta[align_by]))])
-    return w
+        return w, align_groups(w, layout, list(meta[align_by]))
+    return w, None
+
+
+def seen_zoo_split(store, gen: WeightGenerator, align_by: str = "seed") -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    """For a generator fit from tasks alone (no recorded checkpoints): the zoo's last checkpoints of its seen
+    tasks with its layout, (as stored, as aligned by `align_by`), the set a weight-trained generator would have
+    learned from, so that NN-L2 novelty compares every method with the same zoo. None without such checkpoints."""
+    from generators.components.symmetry import align_groups
+    from generators.protocols import tasks_seen_by
+    from generators.training_set import Split, select
+
+    seen = sorted(tasks_seen_by(gen.fit_info))
+    if not _has_zoo(store) or not seen or (gen.training or {}).get("checkpoint_ids"):
+        return None
+    params: dict[str, Any] = {"wsl_layout": gen.layout.layout_id}
+    try:
+        ts = select(store, "checkpoints.layout_id = $wsl_layout", params=params, last=True,
+                    protocol=Split("seen", seen, ()))
+    except UserError:  # the store has no checkpoint of those tasks with this layout
+        return None
+    w, layout, meta = ts.single()
+    if align_by in meta.columns:
+        return w, align_groups(w, layout, list(meta[align_by]))
+    return w, None
+
+
+def task_checkpoints(store, tasks, layout_id: str) -> tuple[torch.Tensor, list[str]]:
+    """The last checkpoint of every finished model of `tasks` with this layout, in checkpoint-id order: ([m, P], task of each).
+
+    What retrieval picks from (task_baselines.Pool): the zoo models of the tasks a
+    generator was fit on, whatever the method (fit on weights or on the tasks alone).
+    """
+    tasks = sorted({str(t) for t in tasks})
+    if not _has_zoo(store) or not tasks:
+        return torch.empty(0), []
+    params: dict[str, Any] = {"wsl_layout": layout_id}
+    df = filters.select_checkpoints(store, None, filters.in_list("models.dataset", "wsl_tasks", tasks, params),
+                                    "checkpoints.layout_id = $wsl_layout", last_finished(params),
+                                    columns="checkpoints.checkpoint_id, models.dataset",
+                                    order_by="checkpoints.checkpoint_id", params=params, allow_empty=True)
+    if df.empty:
+        return torch.empty(0), []
+    w, meta = store.weights(df["checkpoint_id"].tolist())
+    task_of = dict(zip(df["checkpoint_id"], df["dataset"]))
+    return w.to(torch.float32), [str(task_of[i]) for i in meta["checkpoint_id"]]
 
 
 def training_set_status(store, gen: WeightGenerator) -> str:
