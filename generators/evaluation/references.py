@@ -64,15 +64,17 @@ def training_weights(store, gen: WeightGenerator, layout=None) -> torch.Tensor |
     of them. A store holding only some of them, or other weights under those ids, is a
     UserError (training_set.from_ids): a distance to part of a training set is wrong.
     """
-    parts = training_weights_split(store, gen)
+    parts = training_weights_split(store, gen, layout)
     if parts is None:
         return None
     stored, aligned = parts
     return stored if aligned is None else torch.cat([stored, aligned])
 
 
-def training_weights_split(store, gen: WeightGenerator) -> tuple[torch.Tensor, torch.Tensor | None] | None:
-    """(as stored [N, P], as aligned [N, P] or None without alignment): what training_weights concatenates."""
+def training_weights_split(store, gen: WeightGenerator, layout=None) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    """(as stored [N, P], as aligned [N, P] or None without alignment): what training_weights concatenates.
+
+    layout: for a multi-layout generator (vqar), the layout whose training rows are wanted (default gen.layout)."""
     ids = (gen.training or {}).get("checkpoint_ids") or []
     if store is None or not ids:
         return None
