@@ -72,7 +72,9 @@ def training_weights(store, gen: WeightGenerator, layout=None) -> torch.Tensor |
 
 
 def training_weights_split(store, gen: WeightGenerator, layout=None) -> tuple[torch.Tensor, torch.Tensor | None] | None:
-    """(as stored [N, P], as aligned [N, P] or None without alignment): what training_weights concatenates."""
+    """(as stored [N, P], as aligned [N, P] or None without alignment): what training_weights concatenates.
+
+    layout: for a multi-layout generator (vqar), the layout whose training rows are wanted (default gen.layout)."""
     ids = (gen.training or {}).get("checkpoint_ids") or []
     if store is None or not ids:
         return None

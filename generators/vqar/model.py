@@ -392,8 +392,8 @@ class VQAutoregressive(WeightGenerator):
     def benchmark_figures(self, context=None) -> dict:
         """Codebook health (fit time) and the decoded zoo (health.decoded_heldout) for benchmarks/generate.py.
 
-        context: the harness's (a mapping or an object with `store` and `split`); with a store and a
-        split, the held-out tasks' zoo checkpoints are decoded through the VQ-VAE (the strict check: the
+        context: the harness's BenchmarkContext (or a mapping) with `store` and `resolution` (or `split`):
+        anything with `.held_out`; with both, the held-out tasks' zoo checkpoints are decoded through the VQ-VAE (the strict check: the
         codebook never saw them); otherwise the decoded-zoo figure is the training checkpoints' (fit_info).
         """
         from generators.vqar.health import decoded_heldout
@@ -404,7 +404,7 @@ class VQAutoregressive(WeightGenerator):
                "decoded_zoo_seen_relative_acc": h.get("decoded_zoo_relative_acc"),
                "decoded_zoo_seen_mean_only_relative_acc": h.get("mean_only_relative_acc")}
         get = (lambda k: context.get(k)) if isinstance(context, dict) else (lambda k: getattr(context, k, None))
-        store, split = (get("store"), get("split")) if context is not None else (None, None)
+        store, split = (get("store"), get("split") or get("resolution")) if context is not None else (None, None)
         held = list(getattr(split, "held_out", None) or (split or {}).get("held_out", []) if split is not None else [])
         fig = decoded_heldout(self, store, held) if store is not None and held else {}
         out["decoded_zoo_relative_acc"] = fig.get("decoded_zoo_relative_acc", out["decoded_zoo_seen_relative_acc"])
