@@ -112,3 +112,28 @@ def test_sample_tasks_is_the_protocol_rule():
     assert sample_tasks(tasks, 5, 3) == tuple(draw_held_out(tasks, 3, 5))
     assert sample_tasks(tasks[:4], 10, 0) == tuple(sorted(tasks[:4]))
     assert not math.isnan(len(sample_tasks(tasks, 1, 0)))
+
+
+@pytest.mark.slow
+def test_benchmark_figures_hook_is_merged_into_the_line(zoo_store, tmp_path):
+    from generators import LatentDiffusion
+    from generators.evaluation.harness import HarnessOptions, run
+    from generators.registry import register_method, unregister_method
+
+    class WithFigures(LatentDiffusion):
+        method = "diffusion-figures"
+
+        def benchmark_figures(self, context):
+            acc = context.evaluate(context.zoo(context.split.held_out[0]), context.split.held_out[0]).accuracy
+            return {"my_heldout": list(context.split.held_out), "my_zoo_acc": float(acc.mean()),
+                    "my_seen_sample": len(context.seen_sample)}
+
+    register_method("diffusion-figures", WithFigures)
+    try:
+        opts = {a.split("=")[0]: float(a.split("=")[1]) if "." in a else int(a.split("=")[1]) for a in TINY[1::2]}
+        line = run(HarnessOptions("diffusion-figures", PROTOCOL, zoo_store, opts, n=3, select=1, seen_tasks=2,
+                                  novelty_tasks=0, out=tmp_path / "f", timing=False))
+    finally:
+        unregister_method("diffusion-figures")
+    assert line["my_heldout"] == ["digits-pair:3-5"] and line["my_seen_sample"] == 2
+    assert line["my_zoo_acc"] == pytest.approx(line["heldout_zoo_acc"])

@@ -187,7 +187,8 @@ class GroupedRidge(nn.Module):
             kernel: str = "linear") -> dict[str, float]:
         """stats [D, F] per dataset; x [N, P] per model; index [N] its dataset; groups [N] its group.
 
-        Also returns `mean_loo_model_error`: the leave-one-dataset-out squared error per
+        Also returns `mean_insample_residual` (the fraction of the models' variance the fitted
+        map leaves) and `mean_loo_model_error`: the leave-one-dataset-out squared error per
         model (against each model, not the group mean), which compares a shared ridge with
         per-group ridges on equal terms (`mean_model="auto"`).
         """
@@ -207,6 +208,9 @@ class GroupedRidge(nn.Module):
         out = {k: sum(d[k] for d in diags) / len(diags) for k in diags[0] if k != "ridge_kernel"}
         out["ridge_kernel"] = ",".join(sorted({d["ridge_kernel"] for d in diags}))
         out["mean_loo_model_error"] = model_err / max(count, 1)
+        # how much of the models' spread the fitted map leaves (in sample): ~0 means it reproduces them
+        resid = x.double() - self(stats).double()[groups, index]
+        out["mean_insample_residual"] = float(resid.pow(2).sum() / (x.double() - x.double().mean(0)).pow(2).sum().clamp_min(1e-12))
         return out
 
     def forward(self, stats: torch.Tensor) -> torch.Tensor:

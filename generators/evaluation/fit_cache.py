@@ -10,7 +10,9 @@ user's `where` and its parameters, `last`, the protocol's seen / held-out record
 metric and `align_by`), and the digest of the selected checkpoints (their ids and the
 sha256 of their weights: a store retrained or extended under the same filter refits).
 The digest is computed from the checkpoints table's id and sha256 columns alone, never
-the weights, so the check costs one metadata query.
+the weights, so the check costs one metadata query. The key holds the package version too,
+but not the code: after changing a method's code without changing its options, delete the
+folder (or its fit_key.json) to refit.
 
 A method that fits from tasks alone (`needs_weights = False`) is fit with
 `fit_tasks(layout, seen tasks)`; its key holds the layout and the task list instead.
@@ -46,8 +48,11 @@ def selection_digest(store, where: str | None, params: Mapping[str, Any] | None,
 
 
 def fit_key(method: str, config: Mapping[str, Any], selection: Mapping[str, Any]) -> str:
-    text = json.dumps({"method": method, "config": dict(config), "selection": dict(selection)}, sort_keys=True,
-                      default=str)
+    from generators.interface import library_versions
+
+    versions = {k: v for k, v in library_versions().items() if k in ("wsl-zoo", "torch", "diffusers")}
+    text = json.dumps({"method": method, "config": dict(config), "selection": dict(selection), "versions": versions},
+                      sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
 
 

@@ -84,6 +84,11 @@ class BenchmarkContext:
     evaluate: Callable[[torch.Tensor, str], Any]  # (weights [N, P], task) -> wsl EvalResult on its test split
     zoo: Callable[[str], torch.Tensor]  # task -> the zoo's last checkpoints of that task [m, P]
 
+    @property
+    def split(self):
+        """The protocol's split (training_set.Split: .seen, .held_out), as the fit took it."""
+        return self.resolution.split()
+
 
 def load1() -> float:
     try:
