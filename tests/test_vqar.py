@@ -161,6 +161,10 @@ def test_cli_fit_sample_layout_push_pull(run_cli, widths_zoo, fake_hub, tmp_path
     assert zs.sql("SELECT DISTINCT layout_id FROM samples").layout_id.tolist() == [lay.layout_id]
     code, out, err = run_cli("generate", "sample", gid, "--store", store, "-d", "digits-pair:0-2", "--layout", "nope")
     assert code == 2 and "--layout nope" in out + err
+    code, out, err = run_cli("generate", "eval", gid, "--store", store, "-d", "digits-pair:0-2", "-n", "3",
+                             "--finetune-models", "0", "--no-baselines", "--format", "json")
+    assert code == 0, err
+    assert json.loads(out)["summary"]
     code, out, err = run_cli("generate", "push", gid, "--store", store, "--repo-id", "lab/tiny-vqar", "--format", "json")
     assert code == 0, err
     pulled = load_generator("lab/tiny-vqar")
