@@ -14,6 +14,7 @@ from generators.hyper.losses import TaskBatches, task_losses
 from generators.hyper.nets import plan_chunks
 from generators.registry import get_method
 from store.errors import UserError
+from wsl.evaluate import evaluate
 from zoo import config_for, load_dataset
 from zoo.population import layout_for
 
@@ -65,7 +66,7 @@ def test_theta0_from_a_checkpoint_is_reproduced_at_zero_delta(layout, tmp_path):
     torch.manual_seed(3)
     ckpt = layout.build_module()
     save_file({k: v.contiguous() for k, v in ckpt.state_dict().items()}, str(tmp_path / "ckpt.safetensors"))
-    gen = HyperNetwork(theta0=str(tmp_path / "ckpt.safetensors"), steps=0, **TINY).fit_tasks(layout, TASKS)
+    gen = HyperNetwork(theta0=str(tmp_path / "ckpt.safetensors"), steps=0, imprint=False, **TINY).fit_tasks(layout, TASKS)
     with torch.no_grad():
         gen.modules["hyper"].net.out.weight.zero_()
         gen.modules["hyper"].net.out.bias.zero_()
@@ -162,3 +163,17 @@ def test_chunk_sizes_that_do_not_divide_sensibly_name_ones_that_do(layout):
     for size in e.value.fix.split("one of ")[1].split(", "):
         assert plan_chunks(p, int(size))[0] == int(size)
     assert plan_chunks(p, "auto")[1] >= 2
+
+
+def test_imprinted_head_is_a_nearest_class_mean_classifier(layout):
+    from generators.hyper.imprint import Imprint, final_linear
+
+    assert final_linear(layout, 2) == ("layers.1.weight", "layers.1.bias") and final_linear(layout, 3) is None
+    imp = Imprint.for_layout(layout, 2)
+    d = load_dataset(TASKS[0])
+    torch.manual_seed(0)
+    w = torch.zeros(1, layout.num_params)
+    w[0, :64 * 8 + 8] = layout.flatten(layout.build_module())[:64 * 8 + 8]  # a random body, a zero head
+    out = imp(w, layout, d.x_train, d.y_train, shared=True)
+    acc = float(evaluate(out, layout, d).accuracy[0])
+    assert acc > 0.9  # class means of random ReLU features already separate 0 from 1

@@ -12,7 +12,9 @@ What is generated, per row:
              w  = theta_0 + scales * net(u')         theta_0: Kaiming init, the zoo's mean, or a checkpoint
     MIP off: w  = net([embedding, metric in [0, 1], z ~ N(0, 1)])                  (the plain parametrization)
 
-`net` is one of nets.py's architectures (mlp, chunked, rnn); `scales` are theta_0's per-tensor
+Classification with `imprint` (default): the last layer also gets the generated network's own
+class-mean features of the condition's train samples (imprint.py), so class roles come from the
+task's samples. `net` is one of nets.py's architectures (mlp, chunked, rnn); `scales` are theta_0's per-tensor
 stds (encoding.tensor_scales), so the delta head works in units of each tensor's init scale.
 The embedding is the shared set encoder (components/set_encoder.py) over the dataset's train
 split, trained with the hypernetwork, so an unseen dataset gets weights zero-shot. Buffers
@@ -36,6 +38,7 @@ import torch
 from torch import nn
 
 from generators.components.set_encoder import SetEncoder, embed_dataset
+from generators.hyper.imprint import Imprint
 from generators.hyper.encoding import MetricRange, checkpoint_theta0, kaiming_theta0, mip_encode, tensor_scales, to_unit
 from generators.hyper.nets import ARCHS, build_net, init_output, plan_chunks
 from generators.interface import WeightGenerator
@@ -44,6 +47,13 @@ from store.layout import ParamLayout
 from wsl.data import Dataset
 
 MODES = ("task", "zoo", "both")
+
+
+def context_samples(dataset: Dataset, per_class: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first `per_class` train samples of each class (what embed_dataset embeds): deterministic."""
+    x, y = dataset.x_train, dataset.y_train
+    keep = torch.cat([torch.nonzero(y == c).flatten()[:per_class] for c in range(int(dataset.num_classes))])
+    return x[keep], y[keep]
 
 
 def theta0_seed(seed: int) -> int:
@@ -108,6 +118,7 @@ class HyperNetwork(WeightGenerator):
         batch_size: int = 64  # train samples per task per step
         max_per_class: int = 32  # context samples per class for the embedding per step
         context_per_class: int = 512  # samples per class embedded at sampling time
+        imprint: bool = True  # classification: the last layer + the model's own class-mean features (imprint.py)
         permute_labels: bool = True  # task / both: half the drawn tasks with their classes relabelled (training.py)
         diversity: float = 0.0  # weight of the repulsion between a task's noise draws (losses.repulsion)
         zoo_weight: float = 1.0  # both: weight of the zoo regression next to the task loss
@@ -125,7 +136,7 @@ class HyperNetwork(WeightGenerator):
             raise UserError(f"unknown hypernetwork arch {c.arch!r}", f"use --set arch=one of {', '.join(ARCHS)}")
         if c.mode not in MODES:
             raise UserError(f"unknown hypernetwork fit mode {c.mode!r}", f"use --set mode=one of {', '.join(MODES)}")
-        for k in ("mip", "continual", "permute_labels"):
+        for k in ("mip", "continual", "permute_labels", "imprint"):
             if not isinstance(getattr(c, k), bool):
                 raise UserError(f"hyper option {k}={getattr(c, k)!r} is not true/false", f"give --set {k}=true or false")
         for k in ("hidden", "depth", "chunk_emb", "z_dim", "cond_dim", "set_hidden", "tasks_per_step", "z_per_task",
@@ -168,6 +179,8 @@ class HyperNetwork(WeightGenerator):
                         "hyper": HyperHead(net, layout, c.mip)}
         if info.get("metrics"):
             self.modules["metric"] = MetricRange(len(info["metrics"]))
+        if info.get("imprint"):
+            self.modules["imprint"] = Imprint.for_layout(layout, k)
         if info.get("continual_tasks"):
             self.modules["tasks"] = TaskTable(len(info["continual_tasks"]), c.cond_dim)
 
@@ -220,6 +233,9 @@ class HyperNetwork(WeightGenerator):
             self.fit_info["target_dim"] = int(d0.output_dim)
         if self.config.continual:
             self.fit_info["continual_tasks"] = [d.name for d in datasets]
+        # imprinting reads the task's samples at sampling time: off in continual mode (no old task's data)
+        self.fit_info["imprint"] = bool(self.config.imprint and not self.config.continual and d0.task == "classification"
+                                        and Imprint.for_layout(layout, int(d0.num_classes)) is not None)
         self._build()
 
     def _set_theta0(self, weights: torch.Tensor | None) -> None:
@@ -282,4 +298,32 @@ class HyperNetwork(WeightGenerator):
             row = torch.tensor([float(target[k]) for k in names]) if target else self.modules["metric"].high
             metric = row.expand(n, -1)
         z = self.draw_z(n, torch.Generator().manual_seed(int(seed)))
-        return self.modules["hyper"](self.inputs(emb, metric, z)).contiguous()
+        w = self.modules["hyper"](self.inputs(emb, metric, z))
+        if "imprint" in self.modules:
+            x, y = context_samples(dataset, self.config.context_per_class)
+            w = self.modules["imprint"](w, self.layout, x.to(torch.float32), y, shared=True)
+        return w.contiguous()
+
+    # ----- the benchmark harness's method-specific figures (generators/evaluation/harness.py) --------------------
+    def benchmark_figures(self, context) -> dict[str, Any]:
+        """What the hypernetwork is, and how different its models of one task are from each other, next to the zoo's.
+
+        Disagreement: the mean fraction of test samples on which two models of one task predict different
+        classes, over pairs (generated-generated, zoo-zoo), averaged over the first 6 evaluated seen tasks;
+        it is defined where IoU of mistakes is not (models that make no mistake).
+        """
+        c = self.config
+        out: dict[str, Any] = {"hyper_arch": c.arch, "hyper_mip": c.mip, "hyper_mode": c.mode,
+                               "hyper_params": sum(p.numel() for m in self.modules.values() for p in m.parameters()),
+                               "hyper_final_task_loss": self.fit_info.get("final_task_loss")}
+        gen_d, zoo_d = [], []
+        for task in list(context.seen_sample)[:6]:
+            w, _ = self.sample(min(context.n, 32), task, seed=context.seed)
+            for rows, acc in ((w, gen_d), (context.zoo(task), zoo_d)):
+                if len(rows) > 1:
+                    p = context.evaluate(rows, task).predictions
+                    diff = (p[:, None] != p[None]).to(torch.float32).mean(-1)
+                    acc.append(float(diff.sum() / (len(p) * (len(p) - 1))))
+        out["seen_gen_gen_disagreement"] = sum(gen_d) / len(gen_d) if gen_d else math.nan
+        out["seen_zoo_zoo_disagreement"] = sum(zoo_d) / len(zoo_d) if zoo_d else math.nan
+        return out

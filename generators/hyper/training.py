@@ -27,7 +27,19 @@ from generators.hyper.losses import TaskBatches, imle_loss, repulsion, task_loss
 
 
 def trainable_parameters(gen) -> list[torch.nn.Parameter]:
-    return [p for name in ("encoder", "hyper") for p in gen.modules[name].parameters() if p.requires_grad]
+    return [p for name in ("encoder", "hyper", "imprint") if name in gen.modules
+            for p in gen.modules[name].parameters() if p.requires_grad]
+
+
+def imprinted(gen, w, xs, ys, n_sets, inv, k):
+    """w with its last layer imprinted from each row's context (rows: k per entry of inv); w when imprint is off."""
+    imp = gen.modules.get("imprint")
+    if imp is None:
+        return w
+    shape = gen.fit_info["input_shape"]
+    x = xs.reshape(n_sets, -1, *shape)[inv].repeat_interleave(k, 0)
+    y = ys.reshape(n_sets, -1)[inv].repeat_interleave(k, 0)
+    return imp(w, gen.layout, x, y)
 
 
 def train_joint(gen, datasets, weights=None, index=None, metrics=None, progress=None) -> dict[str, list[float]]:
@@ -66,7 +78,7 @@ def train_joint(gen, datasets, weights=None, index=None, metrics=None, progress=
                 y = torch.gather(perm[inv], 1, y)
             emb = enc(xs, ys, set_index, n_sets)[inv].repeat_interleave(k, 0)
             m = gen.modules["metric"].high.expand(len(emb), -1) if mvals is not None else None
-            w = head(gen.inputs(emb, m, gen.draw_z(len(emb), g)))
+            w = imprinted(gen, head(gen.inputs(emb, m, gen.draw_z(len(emb), g))), xs, ys, n_sets, inv, k)
             tl = task_losses(layout, w, x, y, k, batches.task).mean()
             loss = loss + tl
             if c.diversity > 0:
@@ -77,7 +89,7 @@ def train_joint(gen, datasets, weights=None, index=None, metrics=None, progress=
             xs, ys, set_index, n_sets, uniq, inv = contexts.draw(index[ck], c.max_per_class, g)
             emb = enc(xs, ys, set_index, n_sets)[inv].repeat_interleave(k, 0)
             m = mvals[ck].repeat_interleave(k, 0) if mvals is not None else None
-            w = head(gen.inputs(emb, m, gen.draw_z(len(emb), g)))
+            w = imprinted(gen, head(gen.inputs(emb, m, gen.draw_z(len(emb), g))), xs, ys, n_sets, inv, k)
             zl = imle_loss(w, weights[ck, :layout.num_trainable], head.scales, k)
             loss = loss + (c.zoo_weight if use_task else 1.0) * zl
             _track(hist, ema, "zoo_loss", float(zl.detach()))
