@@ -128,7 +128,7 @@ def test_diffusion_still_refuses_a_selection_that_mixes_layouts(widths_zoo):
 
 def test_bad_options_are_user_errors():
     for bad, match in ((dict(chunk_size=0), "chunk_size"), (dict(codebook_size=1), "at least 2"),
-                       (dict(mean_model="cubic"), "mean_model"), (dict(d_model=10, heads=4), "multiple of heads")):
+                       (dict(mean_model="cubic"), "mean_model"), (dict(mean_kernel="poly"), "mean_kernel"), (dict(d_model=10, heads=4), "multiple of heads")):
         with pytest.raises(UserError, match=match):
             VQAutoregressive(**bad)
 
