@@ -145,6 +145,7 @@ def test_save_load_is_bit_identical(mixed_gen, tmp_path):
 
 
 # ----- the CLI: fit, sample --layout, push / pull, exit 2 -------------------------------------------
+@pytest.mark.slow
 def test_cli_fit_sample_layout_push_pull(run_cli, widths_zoo, fake_hub, tmp_path):  # noqa: F811
     import shutil
 
