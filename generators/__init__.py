@@ -1,4 +1,4 @@
-"""Weight generators behind one interface: diffusion (and, as they land, vqar and hyper).
+"""Weight generators behind one interface: diffusion, vqar (VQ-VAE tokens + autoregressive prior), hyper.
 
     from generators import LatentDiffusion, load_generator, Condition, METHODS
 
@@ -10,6 +10,7 @@ Layout of the package (docs/generators.md):
     training_set.py   which checkpoints a generator is fit on (SQL through store/filters.py), by id
     components/       set encoder, conditioner, normalizer state, autoencoder, ridge mean, symmetry, schedules
     diffusion/        the latent diffusion method
+    vqar/             VQ-VAE chunk tokens + causal-transformer prior, several layouts of one family
     evaluation/       report, records (generators / samples rows), baselines, novelty, fine-tuning, plots
     protocol.py       the digits-pairs unseen-dataset protocol
     demo.py           the generator step of `wsl demo`

@@ -128,7 +128,7 @@ def test_diffusion_still_refuses_a_selection_that_mixes_layouts(widths_zoo):
 
 def test_bad_options_are_user_errors():
     for bad, match in ((dict(chunk_size=0), "chunk_size"), (dict(codebook_size=1), "at least 2"),
-                       (dict(mean_model="cubic"), "mean_model"), (dict(d_model=10, heads=4), "multiple of heads")):
+                       (dict(mean_model="cubic"), "mean_model"), (dict(mean_kernel="poly"), "mean_kernel"), (dict(d_model=10, heads=4), "multiple of heads")):
         with pytest.raises(UserError, match=match):
             VQAutoregressive(**bad)
 
@@ -145,6 +145,7 @@ def test_save_load_is_bit_identical(mixed_gen, tmp_path):
 
 
 # ----- the CLI: fit, sample --layout, push / pull, exit 2 -------------------------------------------
+@pytest.mark.slow
 def test_cli_fit_sample_layout_push_pull(run_cli, widths_zoo, fake_hub, tmp_path):  # noqa: F811
     import shutil
 
@@ -161,6 +162,10 @@ def test_cli_fit_sample_layout_push_pull(run_cli, widths_zoo, fake_hub, tmp_path
     assert zs.sql("SELECT DISTINCT layout_id FROM samples").layout_id.tolist() == [lay.layout_id]
     code, out, err = run_cli("generate", "sample", gid, "--store", store, "-d", "digits-pair:0-2", "--layout", "nope")
     assert code == 2 and "--layout nope" in out + err
+    code, out, err = run_cli("generate", "eval", gid, "--store", store, "-d", "digits-pair:0-2", "-n", "3",
+                             "--finetune-models", "0", "--no-baselines", "--format", "json")
+    assert code == 0, err
+    assert json.loads(out)["summary"]
     code, out, err = run_cli("generate", "push", gid, "--store", store, "--repo-id", "lab/tiny-vqar", "--format", "json")
     assert code == 0, err
     pulled = load_generator("lab/tiny-vqar")

@@ -62,6 +62,7 @@ class VQAutoregressive(WeightGenerator):
     @dataclasses.dataclass
     class Config:
         mean_model: str = "group-ridge"  # "group-ridge" (one ridge per init group), "ridge" (one over all groups) or "none"
+        mean_kernel: str = "linear"  # the ridge's kernel: "linear", "rbf" or "auto" (by leave-one-dataset-out error)
         residual_scale: float = 1.0  # sampling: mean + scale * decoded residual
         # tokens + VQ-VAE
         chunk_size: int = 16
@@ -98,6 +99,8 @@ class VQAutoregressive(WeightGenerator):
         c = self.config
         if c.mean_model not in ("ridge", "group-ridge", "none"):
             raise UserError(f"vqar option mean_model={c.mean_model!r}", "use 'ridge', 'group-ridge' or 'none'")
+        if c.mean_kernel not in ("linear", "rbf", "auto"):
+            raise UserError(f"vqar option mean_kernel={c.mean_kernel!r}", "use 'linear', 'rbf' or 'auto'")
         if isinstance(c.chunk_size, bool) or not isinstance(c.chunk_size, int) or c.chunk_size < 1:
             raise UserError(f"vqar option chunk_size={c.chunk_size!r}", "give a chunk size >= 1 (e.g. 16), at most the "
                             "largest tensor of the layout")
@@ -264,7 +267,8 @@ class VQAutoregressive(WeightGenerator):
             for i, (p, r) in enumerate(zip(parts, ridge)):
                 x = self.modules[f"l{i}_norm"].set(Normalizer.fit(p["x"], p["layout"])).transform(p["x"], torch.float32)
                 if stats is not None:
-                    info.setdefault("ridge", []).append(self.modules[f"l{i}_mean"].fit(stats, x, p["index"], r))
+                    ridge_info = self.modules[f"l{i}_mean"].fit(stats, x, p["index"], r, c.mean_kernel)
+                    info.setdefault("ridge", []).append(ridge_info)
                     mu = self.modules[f"l{i}_mean"](stats)[r, p["index"]]
                 else:
                     mu = torch.zeros_like(x)
