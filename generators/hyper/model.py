@@ -72,10 +72,13 @@ class HyperHead(nn.Module):
         self.register_buffer("theta0", torch.zeros(layout.num_params))
         self.register_buffer("scales", torch.ones(layout.num_trainable))
 
-    def forward(self, u: torch.Tensor) -> torch.Tensor:
+    def forward(self, u: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """noise [B, P_train] (init_noise x N(0, 1)): added in units of `scales`, a per-model init perturbation."""
         out = self.net(u)
         p = self.num_trainable
         train = self.theta0[:p] + self.scales * out if self.mip else out
+        if noise is not None:
+            train = train + self.scales * noise
         if len(self.theta0) == p:
             return train
         return torch.cat([train, self.theta0[p:].expand(len(u), -1)], 1)
@@ -120,6 +123,7 @@ class HyperNetwork(WeightGenerator):
         context_per_class: int = 512  # samples per class embedded at sampling time
         imprint: bool = True  # classification: the last layer + the model's own class-mean features (imprint.py)
         permute_labels: bool = True  # task / both: half the drawn tasks with their classes relabelled (training.py)
+        init_noise: float = 0.0  # per-model perturbation of theta_0 (x its per-tensor std), one draw per model
         diversity: float = 0.0  # weight of the repulsion between a task's noise draws (losses.repulsion)
         zoo_weight: float = 1.0  # both: weight of the zoo regression next to the task loss
         zoo_batch: int = 32  # zoo/both: checkpoints per step
@@ -146,7 +150,7 @@ class HyperNetwork(WeightGenerator):
                 raise UserError(f"hyper option {k}={v!r}", f"{k} must be an integer >= 1")
         if isinstance(c.steps, bool) or not isinstance(c.steps, int) or c.steps < 0:
             raise UserError(f"hyper option steps={c.steps!r}", "steps must be an integer >= 0")
-        for k in ("lr", "out_init", "diversity", "zoo_weight", "continual_beta", "continual_emb_lr", "weight_decay"):
+        for k in ("lr", "out_init", "init_noise", "diversity", "zoo_weight", "continual_beta", "continual_emb_lr", "weight_decay"):
             v = getattr(c, k)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
                 raise UserError(f"hyper option {k}={v!r}", f"{k} must be a number >= 0")
@@ -192,6 +196,12 @@ class HyperNetwork(WeightGenerator):
         """n noise inputs: U[0, 1] with MIP (its encoding's domain), N(0, 1) without."""
         z_dim = self.config.z_dim
         return torch.rand(n, z_dim, generator=generator) if self.config.mip else torch.randn(n, z_dim, generator=generator)
+
+    def init_noise(self, n: int, generator: torch.Generator) -> torch.Tensor | None:
+        """[n, P_train] per-model init perturbations (None when init_noise = 0)."""
+        if not self.config.init_noise:
+            return None
+        return self.config.init_noise * torch.randn(n, self.layout.num_trainable, generator=generator)
 
     def inputs(self, emb: torch.Tensor, metric: torch.Tensor | None, z: torch.Tensor) -> torch.Tensor:
         """[B, in_dim] hypernetwork input from embedding [B, cond_dim], metric [B, M] (raw values) and z [B, z_dim]."""
@@ -297,8 +307,9 @@ class HyperNetwork(WeightGenerator):
             # no target: the best value the training population had (the range's top)
             row = torch.tensor([float(target[k]) for k in names]) if target else self.modules["metric"].high
             metric = row.expand(n, -1)
-        z = self.draw_z(n, torch.Generator().manual_seed(int(seed)))
-        w = self.modules["hyper"](self.inputs(emb, metric, z))
+        g = torch.Generator().manual_seed(int(seed))
+        z = self.draw_z(n, g)
+        w = self.modules["hyper"](self.inputs(emb, metric, z), self.init_noise(n, g))
         if "imprint" in self.modules:
             x, y = context_samples(dataset, self.config.context_per_class)
             w = self.modules["imprint"](w, self.layout, x.to(torch.float32), y, shared=True)
