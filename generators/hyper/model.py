@@ -246,6 +246,7 @@ class HyperNetwork(WeightGenerator):
         # imprinting reads the task's samples at sampling time: off in continual mode (no old task's data)
         self.fit_info["imprint"] = bool(self.config.imprint and not self.config.continual and d0.task == "classification"
                                         and Imprint.for_layout(layout, int(d0.num_classes)) is not None)
+        torch.manual_seed(self.config.seed)  # here, after the checks: their first call builds (and caches) a module
         self._build()
 
     def _set_theta0(self, weights: torch.Tensor | None) -> None:
