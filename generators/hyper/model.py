@@ -123,7 +123,9 @@ class HyperNetwork(WeightGenerator):
         context_per_class: int = 512  # samples per class embedded at sampling time
         imprint: bool = True  # classification: the last layer + the model's own class-mean features (imprint.py)
         permute_labels: bool = True  # task / both: half the drawn tasks with their classes relabelled (training.py)
-        init_noise: float = 0.0  # per-model perturbation of theta_0 (x its per-tensor std), one draw per model
+        # per-model perturbation of theta_0 (x its per-tensor std), one draw per model: distinct bodies, like fresh
+        # inits; "auto": 1.0 where the imprinted head adapts the last layer to each body, else 0
+        init_noise: Any = "auto"
         diversity: float = 0.0  # weight of the repulsion between a task's noise draws (losses.repulsion)
         zoo_weight: float = 1.0  # both: weight of the zoo regression next to the task loss
         zoo_batch: int = 32  # zoo/both: checkpoints per step
@@ -150,10 +152,13 @@ class HyperNetwork(WeightGenerator):
                 raise UserError(f"hyper option {k}={v!r}", f"{k} must be an integer >= 1")
         if isinstance(c.steps, bool) or not isinstance(c.steps, int) or c.steps < 0:
             raise UserError(f"hyper option steps={c.steps!r}", "steps must be an integer >= 0")
-        for k in ("lr", "out_init", "init_noise", "diversity", "zoo_weight", "continual_beta", "continual_emb_lr", "weight_decay"):
+        for k in ("lr", "out_init", "diversity", "zoo_weight", "continual_beta", "continual_emb_lr", "weight_decay"):
             v = getattr(c, k)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
                 raise UserError(f"hyper option {k}={v!r}", f"{k} must be a number >= 0")
+        if c.init_noise != "auto" and (isinstance(c.init_noise, bool) or not isinstance(c.init_noise, (int, float))
+                                       or not math.isfinite(c.init_noise) or c.init_noise < 0):
+            raise UserError(f"hyper option init_noise={c.init_noise!r}", "give init_noise=auto or a number >= 0")
         if c.chunk_size != "auto" and (isinstance(c.chunk_size, bool) or not isinstance(c.chunk_size, int)):
             raise UserError(f"chunk_size {c.chunk_size!r}", "give chunk_size=auto or a positive integer")
         if not isinstance(c.theta0, str) or not c.theta0:
@@ -199,9 +204,12 @@ class HyperNetwork(WeightGenerator):
 
     def init_noise(self, n: int, generator: torch.Generator) -> torch.Tensor | None:
         """[n, P_train] per-model init perturbations (None when init_noise = 0)."""
-        if not self.config.init_noise:
+        amp = self.config.init_noise
+        if amp == "auto":
+            amp = 1.0 if self.fit_info.get("imprint") else 0.0
+        if not amp:
             return None
-        return self.config.init_noise * torch.randn(n, self.layout.num_trainable, generator=generator)
+        return float(amp) * torch.randn(n, self.layout.num_trainable, generator=generator)
 
     def inputs(self, emb: torch.Tensor, metric: torch.Tensor | None, z: torch.Tensor) -> torch.Tensor:
         """[B, in_dim] hypernetwork input from embedding [B, cond_dim], metric [B, M] (raw values) and z [B, z_dim]."""
