@@ -232,6 +232,7 @@ def sample_cmd(
     target_acc: Optional[float] = typer.Option(None, "--target-acc", help="Target test accuracy (generators fit with --metric test_acc)."),
     dataset_seed: int = typer.Option(0, "--dataset-seed", help="Split seed of the dataset."),
     select: int = typer.Option(1, "--select", help="Draw SELECT x n candidates, keep the n with the lowest training-split loss (1 = every sample)."),
+    layout_id: Optional[str] = typer.Option(None, "--layout", help="Layout id to generate, for a generator fit on several layouts (vqar): one of its layouts, or another width of its family from the store's layouts table (default: the generator's main layout)."),
     revision: Optional[str] = RevisionOption,
     fmt: str = common.FormatOption,
 ) -> None:
@@ -252,16 +253,20 @@ def sample_cmd(
     gen, source = open_generator(gen_ref, zs, revision)
     ds = load_dataset(dataset, seed=dataset_seed)
     gen.check_dataset(ds)
-    check_store_layout(zs, gen, ds.name)
-    tw = training_weights(zs, gen)  # by recorded id: a store with only part of them is an error, before any write
+    layout = _sample_layout(gen, zs, layout_id)
+    check_store_layout(zs, gen, ds.name, layout)
+    tw = training_weights(zs, gen, layout)  # by recorded id: a store with only part of them is an error, before any write
     t0 = time.perf_counter()
     cond = Condition(dataset, target, dataset_seed)
-    w, layout = gen.sample(n, cond, seed=seed, select=select)
+    w, layout = gen.sample(n, cond, seed=seed, select=select, layout=layout)
     t_gen = time.perf_counter() - t0
     res = evaluate(w, layout, ds, split="test")
     nn = nearest_l2(w, tw) if tw is not None else torch.full((n,), math.nan, dtype=torch.float64)
     t_all = time.perf_counter() - t0
-    rows = sample_rows(gen, cond.label(), ds.dataset_id, seed, sample_kind("generated", select),
+    kind = sample_kind("generated", select)
+    if layout.layout_id != gen.layout.layout_id:  # another layout of a multi-layout generator: its own sample ids
+        kind = f"{kind}-layout{layout.layout_id}"
+    rows = sample_rows(gen, cond.label(), ds.dataset_id, seed, kind,
                        {"test_loss": res.loss, "test_acc": res.accuracy, "nn_l2": nn})
     record_generator(zs, gen, source, None)  # a samples row always names a generator that has a row
     written = zs.append_weights("samples", w, rows, layout)
@@ -276,6 +281,25 @@ def sample_cmd(
         typer.echo("note: nn_l2 not computed: the generator's training checkpoints are not in this store "
                    "(pull its zoo with --weights, or use the store it was fit on)", err=True)
     _emit(summary, fmt, "wsl generate sample")
+
+
+def _sample_layout(gen, zs, layout_id: Optional[str]):
+    """The ParamLayout `--layout` names: one the generator was fit on, else the store's layouts table; None without it."""
+    if layout_id is None:
+        return None
+    fit = {lay.layout_id: lay for lay in getattr(gen, "layouts", [gen.layout])}
+    if layout_id in fit:
+        return fit[layout_id]
+    if not getattr(gen, "multi_layout", False):
+        raise UserError(f"--layout {layout_id}: this {gen.method} generator makes layout {gen.layout.layout_id} only",
+                        "leave --layout out, or use a generator fit on several layouts (--method vqar)")
+    try:
+        return zs.layout(layout_id)
+    except UserError:
+        raise UserError(f"--layout {layout_id} is neither a layout this generator was fit on ({', '.join(fit)}) nor one "
+                        f"in store {zs.path}'s layouts table",
+                        "give one of the generator's layouts, or a layout id the store holds "
+                        "(wsl query \"SELECT layout_id, architecture, num_params FROM layouts\")") from None
 
 
 # --------------------------------------------------------------------------- eval

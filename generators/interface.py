@@ -23,7 +23,8 @@ loading (saving.py), ids.
 Room for the other families, through class attributes and one hook each:
 - `multi_layout = True` (one generator over several layouts of one family, vqar):
   override `fit_training_set(ts, ...)`, which receives every layout's rows (the default
-  refuses a selection that mixes layouts), and take `layout=` in `_sample`.
+  refuses a selection that mixes layouts), `resolve_layout(layout)` (which layouts `sample(...,
+  layout=)` accepts), and take `layout=` (the resolved ParamLayout) in `_sample`.
 - `needs_weights = False` (a hypernetwork trained on the tasks' own loss, hyper):
   implement `_fit_tasks(layout, datasets, progress)`; `fit_tasks(layout, datasets)`
   then fits from dataset names alone, with no zoo weights.
@@ -219,13 +220,16 @@ class WeightGenerator:
 
     # ----- sampling ---------------------------------------------------------------
     def sample(self, n: int, condition: str | Dataset | Condition, seed: int = 0,
-               target: Mapping[str, float] | None = None, select: int = 1) -> tuple[torch.Tensor, ParamLayout]:
+               target: Mapping[str, float] | None = None, select: int = 1,
+               layout: ParamLayout | str | None = None) -> tuple[torch.Tensor, ParamLayout]:
         """n weight vectors [n, P] for a condition (dataset, optional target metrics), and their layout.
 
         select=k > 1: draw k*n candidates, keep the n with the lowest training-split loss (in that order).
-        Deterministic: the same (n, condition, seed, select) gives the same weights.
+        layout: which layout to generate (a layout id or a ParamLayout); only a multi_layout method
+        makes another than the one it was fit on (`resolve_layout`). Default: `self.layout`.
+        Deterministic: the same (n, condition, seed, select, layout) gives the same weights.
         """
-        layout = self._require_fit()
+        layout = self.resolve_layout(layout)
         check_n(n)
         if isinstance(select, bool) or not isinstance(select, int) or select < 1:
             raise UserError(f"select is {select!r}", "give select >= 1 (1 = keep every sample; k = best n of k*n)")
@@ -237,11 +241,23 @@ class WeightGenerator:
             have = self.fit_info.get("metrics") or []
             raise UserError(f"target metric(s) {unknown} were not a condition when this generator was fit",
                             f"use one of {have}" if have else "fit with metric='test_acc' to condition on a target")
-        w = self._sample(n * select, ds, dict(cond.target or {}), int(seed))
+        extra = {"layout": layout} if self.multi_layout else {}
+        w = self._sample(n * select, ds, dict(cond.target or {}), int(seed), **extra)
         layout.check_flat(w, what="generated weights")
         if select > 1:
             w = best_by_train_loss(w, layout, ds, n)
         return w, layout
+
+    def resolve_layout(self, layout: ParamLayout | str | None) -> ParamLayout:
+        """The layout a sample is made in: the fit layout (a multi_layout method overrides this to take others)."""
+        fit = self._require_fit()
+        if layout is None:
+            return fit
+        lid = layout.layout_id if isinstance(layout, ParamLayout) else layout
+        if lid != fit.layout_id:
+            raise UserError(f"this {self.method} generator makes layout {fit.layout_id}, not {lid!r}",
+                            "leave the layout out, or use a method fit on several layouts (e.g. vqar)")
+        return fit
 
     def check_dataset(self, ds: Dataset) -> None:
         """A UserError when a dataset's inputs or labels do not fit what the generator was fit on."""

@@ -31,6 +31,7 @@ ENTRY_POINT_GROUP = "wsl.generators"
 # method name -> "module:Class"; a new family adds one line here
 BUILTIN: dict[str, str] = {
     "diffusion": "generators.diffusion:LatentDiffusion",
+    "vqar": "generators.vqar:VQAutoregressive",
     "hyper": "generators.hyper:HyperNetwork",
 }
 

@@ -54,11 +54,13 @@ class LatentDiffusion(WeightGenerator):
 
     @dataclasses.dataclass
     class Config:
-        # linear part (mean_model.py): standardized weights = ridge(dataset statistics) + residual
+        # mean part (mean_model.py): standardized weights = ridge(dataset statistics) + residual
         # "ridge": one ridge over all models; "group-ridge": one per init group (more accurate on unseen
         # datasets, but with one model per group and dataset it interpolates them: samples for seen datasets
-        # are copies); "none": the diffusion models the standardized weights themselves
-        mean_model: str = "ridge"
+        # are copies); "auto": whichever of the two has the lower leave-one-dataset-out error per model;
+        # "none": the diffusion models the standardized weights themselves
+        mean_model: str = "auto"
+        mean_kernel: str = "auto"  # the ridge's kernel: "linear", "rbf" or "auto" (by leave-one-dataset-out error)
         residual_scale: float = 1.0  # sampling: ridge mean + scale * generated residual (a truncation knob; <1 = closer to the mean)
         # autoencoder
         latent_dim: int = 16
@@ -98,8 +100,10 @@ class LatentDiffusion(WeightGenerator):
         c = self.config
         if c.prediction_type not in ("epsilon", "sample", "v_prediction"):
             raise UserError(f"prediction_type {c.prediction_type!r}", "use epsilon, sample or v_prediction")
-        if c.mean_model not in ("ridge", "group-ridge", "none"):
-            raise UserError(f"mean_model {c.mean_model!r}", "use 'ridge', 'group-ridge' or 'none'")
+        if c.mean_model not in ("auto", "ridge", "group-ridge", "none"):
+            raise UserError(f"mean_model {c.mean_model!r}", "use 'auto', 'ridge', 'group-ridge' or 'none'")
+        if c.mean_kernel not in ("auto", "linear", "rbf"):
+            raise UserError(f"mean_kernel {c.mean_kernel!r}", "use 'auto', 'linear' or 'rbf'")
         if c.beta_schedule not in ("linear", "scaled_linear", "squaredcos_cap_v2"):
             raise UserError(f"beta_schedule {c.beta_schedule!r}", "use linear, scaled_linear or squaredcos_cap_v2")
         for k in ("latent_dim", "ae_hidden", "set_hidden", "cond_dim", "denoiser_hidden", "batch_size", "sample_steps",
@@ -171,6 +175,7 @@ class LatentDiffusion(WeightGenerator):
             self.fit_info["target_dim"] = int(datasets[0].output_dim)
         n_groups = max(1, len(self.fit_info.get("groups") or []))
         ridge_groups = groups if c.mean_model == "group-ridge" else torch.zeros_like(groups)
+        # the built module's shape; "auto" replaces it with the chosen one in _fit_mean
         self.fit_info["mean_sets"] = sets_per_group(index, ridge_groups, n_groups if c.mean_model == "group-ridge" else 1)
         torch_state = torch.random.get_rng_state()
         torch.manual_seed(c.seed)  # module init and the noise inside training steps
@@ -182,7 +187,7 @@ class LatentDiffusion(WeightGenerator):
             vae, lat = self.modules["vae"], self.modules["latent"]
             norm = self.modules["normalizer"].set(Normalizer.fit(weights, layout))
             x = norm.transform(weights, torch.float32)
-            x = self._fit_mean(x, datasets, index, ridge_groups)
+            x, ridge_groups = self._fit_mean(x, datasets, index, groups, ridge_groups)
             ae_hist = self._train_vae(vae, x, g, progress)
             vae.eval()
             with torch.no_grad():
@@ -202,17 +207,40 @@ class LatentDiffusion(WeightGenerator):
             m.eval()
         self.fit_info.update({"ae_final_mse": ae_hist, "ae_relative_recon_error": rel, "diffusion_final_loss": dn_hist})
 
-    def _fit_mean(self, x: torch.Tensor, datasets: list[Dataset], index: torch.Tensor,
-                  groups: torch.Tensor) -> torch.Tensor:
-        """Fit the ridge mean model(s); returns what the autoencoder models (standardized residuals, or x)."""
-        if self.config.mean_model == "none":
-            return x
+    def _fit_mean(self, x: torch.Tensor, datasets: list[Dataset], index: torch.Tensor, groups: torch.Tensor,
+                  ridge_groups: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fit the ridge mean model(s); returns (what the autoencoder models: standardized residuals, or x;
+        each row's ridge group).
+
+        mean_model="auto" fits a shared ridge and (with several init groups) one per group and
+        keeps the one whose leave-one-dataset-out error per model is lower: the choice that
+        predicts a dataset the generator never saw best (fit_info["mean_choice"]).
+        """
+        c = self.config
+        if c.mean_model == "none":
+            return x, ridge_groups
         k = int(self.fit_info["num_classes"]) if self.fit_info["task"] == "classification" else 0
         stats = torch.stack([dataset_statistics(d.x_train, d.y_train, k) for d in datasets])
-        self.fit_info.update(self.modules["mean"].fit(stats, x, index, groups))
-        resid = x - self.modules["mean"](stats)[groups, index]
+        if c.mean_model == "auto":
+            n_groups = max(1, len(self.fit_info.get("groups") or []))
+            options = [("shared", torch.zeros_like(groups), 1)] + ([("per-group", groups, n_groups)] if n_groups > 1 else [])
+            best = None
+            for name, g, ng in options:
+                sets = sets_per_group(index, g, ng)
+                module = GroupedRidge(sets, stats.shape[1], x.shape[1])
+                diag = module.fit(stats, x, index, g, kernel=c.mean_kernel)
+                self.fit_info[f"mean_loo_model_error_{name}"] = diag["mean_loo_model_error"]
+                if best is None or diag["mean_loo_model_error"] < best[0]:
+                    best = (diag["mean_loo_model_error"], name, g, sets, module, diag)
+            _, name, ridge_groups, sets, module, diag = best
+            self.modules["mean"] = module
+            self.fit_info.update({"mean_sets": sets, "mean_choice": name, **diag})
+        else:
+            self.fit_info.update(self.modules["mean"].fit(stats, x, index, ridge_groups, kernel=c.mean_kernel))
+            self.fit_info["mean_choice"] = "per-group" if c.mean_model == "group-ridge" else "shared"
+        resid = x - self.modules["mean"](stats)[ridge_groups, index]
         rn = self.modules["residual_normalizer"].set(Normalizer.fit(resid, self.layout))
-        return rn.transform(resid, torch.float32)
+        return rn.transform(resid, torch.float32), ridge_groups
 
     def _mean_for(self, datasets: list[Dataset]) -> torch.Tensor | None:
         """[G, D, P]: each group's ridge prediction (standardized weights) for each dataset; None without a mean model."""

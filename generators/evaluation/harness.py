@@ -22,8 +22,8 @@ What one run does, in order (nothing is written into the store; everything goes 
 
 The line's keys (a contract the generator issues rely on; docs/generators.md, "Benchmark
 harness"): method, protocol, seen_generated_acc (raw samples), seen_select_acc, seen_zoo_acc,
-seen_zoo_std (root mean square over the seen sample of each task's zoo std: the seed-to-seed
-spread), heldout_zoo_acc, heldout_raw_acc, heldout_ratio_raw, heldout_gap_closed_raw,
+seen_zoo_std (the std of the accuracies of the zoo's models of the seen sample, pooled over
+tasks; seen_zoo_seed_std: the RMS of each task's seed-to-seed std), heldout_zoo_acc, heldout_raw_acc, heldout_ratio_raw, heldout_gap_closed_raw,
 heldout_select4_acc (the generated models at --select k, k = `select`), heldout_gap_closed_select4,
 heldout_retrieval_select_acc, heldout_retrieval_nearest_acc, heldout_shuffled_condition_acc,
 heldout_majority_acc, sample_eval_256_s, fit_s, novelty {generated, fresh, noise-0.06, noise-0.12:
@@ -132,6 +132,22 @@ def _novelty(conds, kind: str) -> dict[str, float]:
             "nn_l2_aligned": _mean(d.get("nn_l2_aligned_mean") for d in nv)}
 
 
+def zoo_spread(conds) -> tuple[float, float]:
+    """(std of the accuracies of every zoo model of these tasks, RMS over tasks of each task's seed-to-seed std).
+
+    The first is "one zoo standard deviation" of the seen target: the spread of the zoo's
+    accuracies over its models (pooled over tasks: within-task variance + variance of the task
+    means). The second, the spread between seeds of one task alone, is reported beside it.
+    """
+    z = [c.accuracy["zoo"] for c in conds if c.accuracy.get("zoo", {}).get("n")]
+    if not z:
+        return math.nan, math.nan
+    within = _mean(a["std"] ** 2 * (a["n"] - 1) / a["n"] for a in z)
+    mu = _mean(a["mean"] for a in z)
+    between = _mean((a["mean"] - mu) ** 2 for a in z)
+    return math.sqrt(within + between), math.sqrt(_mean(a["std"] ** 2 for a in z))
+
+
 def _timing(gen, task: str, target, select: int, repeats: int = 3) -> float:
     from wsl.evaluate import evaluate
     from zoo.datasets import load_dataset
@@ -213,10 +229,10 @@ def run(o: HarnessOptions, say: Callable[[str], None] = lambda s: None, progress
     zoo_h, maj_h = _group_means(hc, "zoo"), _group_means(hc, "majority")
     raw_h, sel_h = _group_means(hc, raw_kind), _group_means(hc, "generated")
     zoo_s = _group_means(seen_conds, "zoo")
-    seen_std = math.sqrt(_mean(c.accuracy["zoo"]["std"] ** 2 for c in seen_conds if c.accuracy.get("zoo", {}).get("n")))
+    seen_std, seed_std = zoo_spread(seen_conds)
     line.update({
         "seen_generated_acc": _group_means(seen_conds, raw_kind), "seen_select_acc": _group_means(seen_conds, "generated"),
-        "seen_zoo_acc": zoo_s, "seen_zoo_std": seen_std,
+        "seen_zoo_acc": zoo_s, "seen_zoo_std": seen_std, "seen_zoo_seed_std": seed_std,
         "seen_majority_acc": _group_means(seen_conds, "majority"),
         "seen_retrieval_select_acc": _group_means(seen_conds, "retrieval-select"),
         "heldout_zoo_acc": zoo_h, "heldout_raw_acc": raw_h,

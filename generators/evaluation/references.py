@@ -40,9 +40,11 @@ def zoo_checkpoints(store, dataset: str, layout_id: str) -> tuple[torch.Tensor, 
     return w.to(torch.float32), list(meta["checkpoint_id"])
 
 
-def check_store_layout(store, gen: WeightGenerator, dataset: str) -> None:
-    """UserError when the store's zoo for `dataset` has models, but none of the generator's layout."""
-    if not _has_zoo(store):
+def check_store_layout(store, gen: WeightGenerator, dataset: str, layout=None) -> None:
+    """UserError when the store's zoo for `dataset` has models, but none of the generator's layout.
+
+    An explicit `layout` (what a multi-layout generator is asked to make, e.g. a width without a zoo) is not checked."""
+    if not _has_zoo(store) or layout is not None:
         return
     df = filters.select_checkpoints(store, None, "models.dataset = $wsl_dataset",
                                     columns="DISTINCT checkpoints.layout_id", order_by="checkpoints.layout_id",
@@ -54,7 +56,7 @@ def check_store_layout(store, gen: WeightGenerator, dataset: str) -> None:
                         "use a generator fit on this zoo (same architecture and width), or another --store")
 
 
-def training_weights(store, gen: WeightGenerator) -> torch.Tensor | None:
+def training_weights(store, gen: WeightGenerator, layout=None) -> torch.Tensor | None:
     """The generator's training checkpoints, read by their recorded ids, as stored and as aligned ([2N, P]).
 
     None when there is nothing to compare with: no store, a generator without recorded
@@ -62,15 +64,17 @@ def training_weights(store, gen: WeightGenerator) -> torch.Tensor | None:
     of them. A store holding only some of them, or other weights under those ids, is a
     UserError (training_set.from_ids): a distance to part of a training set is wrong.
     """
-    parts = training_weights_split(store, gen)
+    parts = training_weights_split(store, gen, layout)
     if parts is None:
         return None
     stored, aligned = parts
     return stored if aligned is None else torch.cat([stored, aligned])
 
 
-def training_weights_split(store, gen: WeightGenerator) -> tuple[torch.Tensor, torch.Tensor | None] | None:
-    """(as stored [N, P], as aligned [N, P] or None without alignment): what training_weights concatenates."""
+def training_weights_split(store, gen: WeightGenerator, layout=None) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    """(as stored [N, P], as aligned [N, P] or None without alignment): what training_weights concatenates.
+
+    layout: for a multi-layout generator (vqar), the layout whose training rows are wanted (default gen.layout)."""
     ids = (gen.training or {}).get("checkpoint_ids") or []
     if store is None or not ids:
         return None
@@ -79,8 +83,15 @@ def training_weights_split(store, gen: WeightGenerator) -> tuple[torch.Tensor, t
     ts = from_ids(store, ids, (gen.training or {}).get("digest"), what=f"generator {gen.generator_id}")
     if ts is None:
         return None
-    w, layout, meta = ts.single()
-    if layout.layout_id != gen.layout.layout_id:
+    if len(ts.layouts) > 1 or layout is not None:  # a multi-layout generator (vqar): the rows of the layout asked for
+        lid = (layout or gen.layout).layout_id
+        if lid not in ts.layouts:
+            return None  # a size of the family it was not fit on: no training checkpoint to compare with
+        meta = ts.meta[ts.meta["layout_id"] == lid].reset_index(drop=True)
+        w, layout = ts.weights[lid], ts.layouts[lid]
+    else:
+        w, layout, meta = ts.single()
+    if layout.layout_id != gen.layout.layout_id and len(ts.layouts) == 1 and not getattr(gen, "multi_layout", False):
         raise UserError(f"generator {gen.generator_id} makes layout {gen.layout.layout_id}, its recorded training "
                         f"checkpoints in store {store.path} have layout {layout.layout_id}",
                         "use the store it was fit on")
