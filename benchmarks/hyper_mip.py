@@ -1,8 +1,9 @@
 """Hypernetworks: MIP vs the plain parametrization, and continual learning vs fine-tuning (last line: JSON).
 
 1. MIP (Ortiz et al. 2023). For each hypernetwork architecture (mlp, chunked, rnn) and seed, the
-   same task-mode fit twice in this process, MIP on and off, same budget (--steps), tasks, seeds
-   and batches: the steps until the smoothed train loss (EMA 0.9 of the per-step task loss)
+   same task-mode fit twice in this process, MIP on and off, same budget (--steps), tasks, seeds,
+   learning rates (--lrs) and batches, the imprinted head off (every weight from the
+   parametrization compared): the steps until the smoothed train loss (EMA 0.9 of the per-step task loss)
    first reaches --target-loss. A run that never reaches it counts as budget + 1 (censored; the
    count of censored runs is reported). `mip_step_ratio` = total steps without MIP / with MIP
    over all runs (> 1: MIP gets there faster).
@@ -69,7 +70,7 @@ def mip_part(args, layout, tasks) -> dict:
         for mip in (True, False):
             t0 = time.perf_counter()
             gen = HyperNetwork(arch=arch, mip=mip, steps=args.steps, seed=seed, hidden=args.hidden,
-                               lr=lr).fit_tasks(layout, tasks)
+                               lr=lr, imprint=False).fit_tasks(layout, tasks)
             n = steps_to(gen.history["task_loss"], args.target_loss)
             if n is None:
                 censored[mip] += 1

@@ -107,6 +107,10 @@ def test_seeds_reproduce_and_noise_gives_distinct_models(layout):
     assert torch.equal(wa, wb)
     assert not torch.equal(wa, a.sample(4, TASKS[0], seed=2)[0])
     assert float((wa[0] - wa[1]).abs().max()) > 0  # n draws of z: n different models
+    c = HyperNetwork(steps=5, init_noise=0.5, **TINY).fit_tasks(layout, TASKS)
+    wc = c.sample(4, TASKS[0], seed=1)[0]
+    assert torch.equal(wc, c.sample(4, TASKS[0], seed=1)[0])
+    assert float((wc[0] - wc[1]).std()) > 0.1 * float(c.modules["hyper"].scales.min())  # per-model init perturbation
 
 
 def test_save_load_round_trip(layout, tmp_path):

@@ -72,10 +72,13 @@ class HyperHead(nn.Module):
         self.register_buffer("theta0", torch.zeros(layout.num_params))
         self.register_buffer("scales", torch.ones(layout.num_trainable))
 
-    def forward(self, u: torch.Tensor) -> torch.Tensor:
+    def forward(self, u: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """noise [B, P_train] (init_noise x N(0, 1)): added in units of `scales`, a per-model init perturbation."""
         out = self.net(u)
         p = self.num_trainable
         train = self.theta0[:p] + self.scales * out if self.mip else out
+        if noise is not None:
+            train = train + self.scales * noise
         if len(self.theta0) == p:
             return train
         return torch.cat([train, self.theta0[p:].expand(len(u), -1)], 1)
@@ -120,6 +123,9 @@ class HyperNetwork(WeightGenerator):
         context_per_class: int = 512  # samples per class embedded at sampling time
         imprint: bool = True  # classification: the last layer + the model's own class-mean features (imprint.py)
         permute_labels: bool = True  # task / both: half the drawn tasks with their classes relabelled (training.py)
+        # per-model perturbation of theta_0 (x its per-tensor std), one draw per model: distinct bodies, like fresh
+        # inits; "auto": 1.0 where the imprinted head adapts the last layer to each body, else 0
+        init_noise: Any = "auto"
         diversity: float = 0.0  # weight of the repulsion between a task's noise draws (losses.repulsion)
         zoo_weight: float = 1.0  # both: weight of the zoo regression next to the task loss
         zoo_batch: int = 32  # zoo/both: checkpoints per step
@@ -150,6 +156,9 @@ class HyperNetwork(WeightGenerator):
             v = getattr(c, k)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
                 raise UserError(f"hyper option {k}={v!r}", f"{k} must be a number >= 0")
+        if c.init_noise != "auto" and (isinstance(c.init_noise, bool) or not isinstance(c.init_noise, (int, float))
+                                       or not math.isfinite(c.init_noise) or c.init_noise < 0):
+            raise UserError(f"hyper option init_noise={c.init_noise!r}", "give init_noise=auto or a number >= 0")
         if c.chunk_size != "auto" and (isinstance(c.chunk_size, bool) or not isinstance(c.chunk_size, int)):
             raise UserError(f"chunk_size {c.chunk_size!r}", "give chunk_size=auto or a positive integer")
         if not isinstance(c.theta0, str) or not c.theta0:
@@ -192,6 +201,15 @@ class HyperNetwork(WeightGenerator):
         """n noise inputs: U[0, 1] with MIP (its encoding's domain), N(0, 1) without."""
         z_dim = self.config.z_dim
         return torch.rand(n, z_dim, generator=generator) if self.config.mip else torch.randn(n, z_dim, generator=generator)
+
+    def init_noise(self, n: int, generator: torch.Generator) -> torch.Tensor | None:
+        """[n, P_train] per-model init perturbations (None when init_noise = 0)."""
+        amp = self.config.init_noise
+        if amp == "auto":
+            amp = 1.0 if self.fit_info.get("imprint") else 0.0
+        if not amp:
+            return None
+        return float(amp) * torch.randn(n, self.layout.num_trainable, generator=generator)
 
     def inputs(self, emb: torch.Tensor, metric: torch.Tensor | None, z: torch.Tensor) -> torch.Tensor:
         """[B, in_dim] hypernetwork input from embedding [B, cond_dim], metric [B, M] (raw values) and z [B, z_dim]."""
@@ -236,6 +254,7 @@ class HyperNetwork(WeightGenerator):
         # imprinting reads the task's samples at sampling time: off in continual mode (no old task's data)
         self.fit_info["imprint"] = bool(self.config.imprint and not self.config.continual and d0.task == "classification"
                                         and Imprint.for_layout(layout, int(d0.num_classes)) is not None)
+        torch.manual_seed(self.config.seed)  # here, after the checks: their first call builds (and caches) a module
         self._build()
 
     def _set_theta0(self, weights: torch.Tensor | None) -> None:
@@ -297,8 +316,9 @@ class HyperNetwork(WeightGenerator):
             # no target: the best value the training population had (the range's top)
             row = torch.tensor([float(target[k]) for k in names]) if target else self.modules["metric"].high
             metric = row.expand(n, -1)
-        z = self.draw_z(n, torch.Generator().manual_seed(int(seed)))
-        w = self.modules["hyper"](self.inputs(emb, metric, z))
+        g = torch.Generator().manual_seed(int(seed))
+        z = self.draw_z(n, g)
+        w = self.modules["hyper"](self.inputs(emb, metric, z), self.init_noise(n, g))
         if "imprint" in self.modules:
             x, y = context_samples(dataset, self.config.context_per_class)
             w = self.modules["imprint"](w, self.layout, x.to(torch.float32), y, shared=True)

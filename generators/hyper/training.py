@@ -78,7 +78,8 @@ def train_joint(gen, datasets, weights=None, index=None, metrics=None, progress=
                 y = torch.gather(perm[inv], 1, y)
             emb = enc(xs, ys, set_index, n_sets)[inv].repeat_interleave(k, 0)
             m = gen.modules["metric"].high.expand(len(emb), -1) if mvals is not None else None
-            w = imprinted(gen, head(gen.inputs(emb, m, gen.draw_z(len(emb), g))), xs, ys, n_sets, inv, k)
+            w = head(gen.inputs(emb, m, gen.draw_z(len(emb), g)), gen.init_noise(len(emb), g))
+            w = imprinted(gen, w, xs, ys, n_sets, inv, k)
             tl = task_losses(layout, w, x, y, k, batches.task).mean()
             loss = loss + tl
             if c.diversity > 0:
