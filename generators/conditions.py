@@ -60,6 +60,19 @@ def as_condition(condition: str | Dataset | Condition, target: Mapping[str, floa
     return Condition(condition, dict(target) if target else None)
 
 
+def common_task(datasets) -> tuple[str, int]:
+    """(task, class count) every training condition shares; a UserError when they mix input sizes or tasks."""
+    shapes = {tuple(d.input_shape) for d in datasets}
+    if len({math.prod(s) for s in shapes}) != 1:
+        raise UserError(f"the training conditions mix input shapes {sorted(shapes)}",
+                        "fit one generator per input shape (select one dataset family)")
+    ks = {(d.task, int(d.num_classes)) for d in datasets}
+    if len(ks) != 1:
+        raise UserError(f"the training conditions mix tasks / class counts {sorted(ks)}",
+                        "fit one generator per number of classes")
+    return next(iter(ks))
+
+
 def check_n(n: Any) -> int:
     """n as a positive int, or a UserError."""
     if isinstance(n, bool) or not isinstance(n, int) or n <= 0:

@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from generators.conditions import common_task
 from generators.components.autoencoder import WeightVAE
 from generators.components.conditioner import Conditioner
 from generators.components.mean_model import GroupedRidge, dataset_statistics, sets_per_group, statistics_dim
@@ -162,15 +163,7 @@ class LatentDiffusion(WeightGenerator):
     def _fit(self, weights, datasets, index, metrics, groups, progress) -> None:
         c = self.config
         layout = self.layout
-        shapes = {tuple(d.input_shape) for d in datasets}
-        if len({math.prod(s) for s in shapes}) != 1:
-            raise UserError(f"the training conditions mix input shapes {sorted(shapes)}",
-                            "fit one generator per input shape (select one dataset family)")
-        ks = {(d.task, int(d.num_classes)) for d in datasets}
-        if len(ks) != 1:
-            raise UserError(f"the training conditions mix tasks / class counts {sorted(ks)}",
-                            "fit one generator per number of classes")
-        task, k = next(iter(ks))
+        task, k = common_task(datasets)
         g = torch.Generator().manual_seed(c.seed)
         self.fit_info.update({"input_shape": list(datasets[0].input_shape), "num_classes": k, "task": task,
                               "metrics": sorted(metrics)})

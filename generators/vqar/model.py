@@ -42,7 +42,7 @@ from generators.components.mean_model import GroupedRidge, dataset_statistics, s
 from generators.components.normalizer_state import NormalizerState
 from generators.components.schedules import warmup_cosine
 from generators.components.set_encoder import ContextTable, embed_dataset
-from generators.conditions import Condition
+from generators.conditions import Condition, common_task
 from generators.interface import WeightGenerator, _distinct_datasets
 from generators.vqar import layouts as fam
 from generators.vqar.health import record_health
@@ -229,15 +229,7 @@ class VQAutoregressive(WeightGenerator):
 
     def _fit_parts(self, parts: list[dict], datasets, metric_names: list[str], progress) -> None:
         c = self.config
-        shapes = {tuple(d.input_shape) for d in datasets}
-        if len({math.prod(s) for s in shapes}) != 1:
-            raise UserError(f"the training conditions mix input shapes {sorted(shapes)}",
-                            "fit one generator per input shape (select one dataset family)")
-        ks = {(d.task, int(d.num_classes)) for d in datasets}
-        if len(ks) != 1:
-            raise UserError(f"the training conditions mix tasks / class counts {sorted(ks)}",
-                            "fit one generator per number of classes")
-        task, k = next(iter(ks))
+        task, k = common_task(datasets)
         layouts = [p["layout"] for p in parts]
         names = fam.name_table(layouts)
         toks = [fam.LayoutTokens(lay, c.chunk_size, names) for lay in layouts]  # chunk_size > largest tensor: UserError
