@@ -31,18 +31,9 @@ sys.path.insert(0, str(ROOT))
 
 
 def parse_sets(items) -> dict:
-    out = {}
-    for item in items or []:
-        key, eq, value = item.partition("=")
-        if not eq or not key.strip():
-            from store.errors import UserError
+    from generators.set_options import parse_set_options
 
-            raise UserError(f"--set {item!r} is not KEY=VALUE", "write e.g. --set steps=3000")
-        try:
-            out[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key.strip()] = value
-    return out
+    return parse_set_options(items, example="steps=3000")
 
 
 def main(argv=None) -> int:

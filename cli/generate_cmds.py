@@ -18,11 +18,12 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import List, Optional
 
 import typer
 
 from cli import common
+from cli.generate_common import emit_summary as _emit, open_store as _open_store, parse_options as _parse_options, target as _target
 from store.errors import UserError
 
 GenArgument = typer.Argument(..., help="Generator: its folder, its generator_id in the store, or a Hub model repo ORG/NAME.")
@@ -34,41 +35,6 @@ def _method_help() -> str:
 
     return (f"Generator method: {', '.join(method_names())} (the registry; `wsl generate methods` lists them, "
             "third-party methods come through the 'wsl.generators' entry point).")
-
-
-def _open_store(store: Optional[Path], create: bool):
-    from store.store import ZooStore
-
-    return ZooStore(common.store_path(store), create=create)
-
-
-def _parse_options(options: List[str]) -> dict[str, Any]:
-    """--set KEY=VALUE pairs -> dict (values parsed as JSON where they parse, else kept as strings)."""
-    out: dict[str, Any] = {}
-    for item in options or []:
-        key, eq, value = item.partition("=")
-        if not eq or not key.strip():
-            raise UserError(f"--set {item!r} is not KEY=VALUE", "write e.g. --set latent_dim=16")
-        try:
-            out[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key.strip()] = value
-    return out
-
-
-def _target(target_acc: Optional[float]) -> Optional[dict[str, float]]:
-    if target_acc is None:
-        return None
-    if not (0.0 <= target_acc <= 1.0):
-        raise UserError(f"--target-acc {target_acc} is outside [0, 1]", "give an accuracy such as 1.0 or 0.95")
-    return {"test_acc": float(target_acc)}
-
-
-def _emit(summary: dict[str, Any], fmt: str, title: str) -> None:
-    if fmt == "json":
-        sys.stdout.write(json.dumps(common.json_safe(summary), default=str) + "\n")
-    else:
-        common.print_summary(summary, title)
 
 
 # --------------------------------------------------------------------------- fit
@@ -97,7 +63,9 @@ def fit_cmd(
     common.check_format(fmt, ("table", "json"))
     klass = get_method(method)  # an unknown name is a UserError listing what the registry has
     if datasets or arch is not None:
-        return _fit_tasks_cmd(klass, method, store, out, datasets, arch, where, protocol, seed, options, fmt)
+        from cli.generate_tasks import fit_tasks
+
+        return fit_tasks(klass, method, store, out, datasets, arch, where, protocol, seed, options, fmt)
     if protocol is not None:
         from generators.protocols import parse_protocol
 
@@ -151,74 +119,6 @@ def fit_cmd(
         from store.verified_read import skipped_message
 
         typer.echo(f"warning: {skipped_message(zs.skipped_rows)}", err=True)
-    _emit(summary, fmt, "wsl generate fit")
-
-
-def _task_names(items: List[str]) -> list[str]:
-    """--datasets values: names and family patterns (digits-pair:*), repeatable or comma-separated, in order, once each."""
-    from zoo.datasets import expand_pattern
-
-    out: list[str] = []
-    for item in items:
-        for name in (n.strip() for n in item.split(",")):
-            if not name:
-                continue
-            for t in (expand_pattern(name) if name.endswith(":*") else [name]):
-                if t not in out:
-                    out.append(t)
-    return out
-
-
-def _fit_tasks_cmd(klass, method: str, store, out, datasets, arch, where, protocol, seed, options, fmt) -> None:
-    """`fit --datasets ...`: a generator fit from tasks alone (klass.needs_weights is False), no zoo weights read."""
-    import dataclasses
-
-    from generators.evaluation.records import keep, store_folder
-    from zoo import config_for, load_dataset
-    from zoo.population import layout_for
-
-    if getattr(klass, "needs_weights", True):
-        raise UserError(f"the {method} method learns from a zoo's weights: --datasets alone cannot fit it",
-                        "fit it on a store's checkpoints (--where / --protocol), or use --method hyper")
-    if where is not None or protocol is not None:
-        raise UserError("--datasets fits on the named tasks; --where / --protocol select zoo checkpoints",
-                        "give either --datasets or --where / --protocol")
-    names = _task_names(datasets)
-    if not names:
-        raise UserError("--arch without --datasets: no tasks to fit on", "give --datasets NAME (repeatable)")
-    config = _parse_options(options)
-    if "seed" in {f.name for f in dataclasses.fields(klass.Config)}:
-        config["seed"] = seed
-    gen = klass(**config)  # validates the options before any work
-    first = load_dataset(names[0])
-    zs = _open_store(store, create=False) if arch is None else None
-    if arch is not None:
-        try:
-            arch_cfg = json.loads(arch)
-        except json.JSONDecodeError as e:
-            raise UserError(f"--arch {arch!r} is not JSON ({e})", 'write e.g. --arch \'{"name": "mlp", "width": 32}\'') from None
-        if not isinstance(arch_cfg, dict) or "name" not in arch_cfg:
-            raise UserError(f"--arch {arch!r} is not an architecture config", 'give a JSON object with a "name"')
-        layout = layout_for(config_for(first, arch_cfg))
-    else:
-        ids = (list(zs.sql("SELECT DISTINCT layout_id FROM checkpoints ORDER BY layout_id")["layout_id"])
-               if zs.count("checkpoints") else [])
-        if len(ids) != 1:
-            raise UserError(f"store {zs.path} has checkpoints of {len(ids)} layouts: no single architecture to generate",
-                            'give --arch \'{"name": "mlp", "width": 32, "depth": 2}\' (or a store with one layout)')
-        layout = zs.layout(ids[0])
-    if out is not None and out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} exists and is not a directory", "give a new or existing directory")
-    t0 = time.perf_counter()
-    with common.progress_bar(f"fit {method} on {len(names)} tasks", total=None, unit="steps") as update:
-        gen.fit_tasks(layout, names, progress=update)
-    zs = zs or _open_store(store, create=True)
-    path = keep(zs, gen, out)
-    summary = {"generator_id": gen.generator_id, "method": method, "layout_id": layout.layout_id,
-               "num_params": layout.num_params, "num_train": 0, "conditions": len(names),
-               "mode": gen.fit_info.get("mode"), "final_task_loss": gen.fit_info.get("final_task_loss"),
-               "seconds": round(time.perf_counter() - t0, 2), "path": str(path),
-               "in_store": out is None or Path(path).resolve() == store_folder(zs, gen.generator_id).resolve()}
     _emit(summary, fmt, "wsl generate fit")
 
 
