@@ -23,7 +23,7 @@ Built-ins (`BUILTINS`; docs/generators.md "Protocols"):
   fixed (drawn once with default_rng(1) under two constraints: every digit in some held-out
   pair, each held-out pair's digits in the same label roles among the seen pairs).
 - `digits-pairs-random`: the same 45 tasks, a random split (seed 0, 10 held out): the figure
-  the constrained split must be reported beside (DESIGN.md, "Unseen-dataset protocols").
+  the constrained split must be reported beside (docs/design.md, "Unseen-dataset protocols").
 - `digits-subsets`: the 1,022 class-subset tasks of zoo/specs/digits-subsets.toml; 20 held out,
   listed explicitly so they never depend on a store: `draw_held_out(spec tasks, 0, 20)`
   (tests/test_protocols.py checks the list against the rule).

@@ -1,4 +1,4 @@
-"""The spine cli -> generators -> zoo -> wsl -> store points one way (DESIGN.md)."""
+"""The spine cli -> generators -> zoo -> wsl -> store points one way (docs/design.md)."""
 import ast
 from pathlib import Path
 

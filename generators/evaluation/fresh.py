@@ -4,7 +4,7 @@
     fresh_store, seeds = train_fresh(store, tasks, "/tmp/wsl-harness")   # trained once, reused after
 
 Why fresh models: with a few seeds per task, independently trained models share mistakes
-with the zoo more than noise of equal accuracy does (DESIGN.md, "Generators"), so "more
+with the zoo more than noise of equal accuracy does (docs/design.md, "Generators"), so "more
 novel than noise" says little. What a generator of genuinely new models could reach is
 what new seeds of the same recipe reach: their accuracy, their overlap of mistakes with
 the zoo (max IoU), their distance to the training set (aligned NN-L2) and their mutual

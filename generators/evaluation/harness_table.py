@@ -2,7 +2,7 @@
 
     text = markdown_table(lines)        # lines: harness.run() results, one per method (same protocol)
 
-Two reference rows carry published figures (DESIGN.md, "Generators: what the field reports")
+Two reference rows carry published figures (docs/design.md, "Generators: what the field reports")
 in the columns they have; the rest stay empty, because those papers do not report them
 (RPG gives no majority-class baseline for its imbalanced tasks, so no gap closed). They are
 other tasks and models (CIFAR), so they say what the field claims, not a comparison on our zoo.

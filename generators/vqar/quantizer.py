@@ -9,7 +9,7 @@
 The quantizer is lucidrains' `vector-quantize-pytorch` (`VectorQuantize`): EMA codebook
 updates, k-means initialisation on the first batch, and dead-code replacement (an entry
 whose EMA usage falls under `dead_threshold` is re-seeded from the batch). Users of VQ
-libraries report 40-90% unused entries without replacement (DESIGN.md), which is why
+libraries report 40-90% unused entries without replacement (docs/design.md), which is why
 it is on. `hidden = 0` makes the encoder and decoder the identity: the codebook then holds
 chunks themselves (pure vector quantization), which is also the exact-round-trip case
 the tests check with an identity codebook.

@@ -20,7 +20,7 @@ written); `train=False` normalizes with the running statistics it is given.
 
 Why hand-batched code instead of `vmap(functional_call)`: on CPU a naive vmap
 of small models was slower than a Python loop over `load_state_dict`
-(DESIGN.md). What makes a population fast is the shape of the work:
+(docs/design.md). What makes a population fast is the shape of the work:
 
 - MLP / SIREN, shared input: the first layer is ONE GEMM over all models,
   x [B, in] @ W_all^T with W stacked to [N*out, in] (the input is read once);
