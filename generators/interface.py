@@ -43,6 +43,7 @@ from typing import Any, ClassVar, Mapping, Sequence
 import torch
 from torch import nn
 
+from generators.components import head_fit
 from generators.conditions import Condition, as_condition, best_by_train_loss, check_n, resolve_dataset
 from generators.saving import from_pretrained as _load, save_pretrained as _save
 from generators.training_set import Split, TrainingSet, select
@@ -56,6 +57,8 @@ class WeightGenerator:
 
     method: ClassVar[str] = ""
     multi_layout: ClassVar[bool] = False  # one generator for several layouts (override fit_training_set)
+    # config values a generator saved before the option existed had in effect (applied on load when missing)
+    legacy_config: ClassVar[dict[str, Any]] = {}
     needs_weights: ClassVar[bool] = True  # False: can fit from tasks alone (implement _fit_tasks)
 
     @dataclasses.dataclass
@@ -64,6 +67,8 @@ class WeightGenerator:
 
     def __init__(self, config: "WeightGenerator.Config | Mapping[str, Any] | None" = None, **overrides: Any):
         self.config = self._make_config(config, overrides)
+        if hasattr(self.config, "head_fit"):
+            head_fit.check_mode(self.config.head_fit)
         self.layout: ParamLayout | None = None
         self.fit_info: dict[str, Any] = {}
         self.generator_id: str | None = None
@@ -244,9 +249,22 @@ class WeightGenerator:
         extra = {"layout": layout} if self.multi_layout else {}
         w = self._sample(n * select, ds, dict(cond.target or {}), int(seed), **extra)
         layout.check_flat(w, what="generated weights")
+        w = self.fit_head(w, layout, ds)
         if select > 1:
             w = best_by_train_loss(w, layout, ds, n)
         return w, layout
+
+    def fit_head(self, weights: torch.Tensor, layout: ParamLayout, dataset: Dataset) -> torch.Tensor:
+        """The sampling-time head fit of the method's `head_fit` option (components/head_fit.py); identity without one.
+
+        The report applies it to the retrieval baselines too (`retrieval-*+head`).
+        """
+        mode = getattr(self.config, "head_fit", "none")
+        return head_fit.fit_head(weights, layout, dataset, mode) if mode != "none" else weights
+
+    def fits_head(self, layout: ParamLayout, dataset: Dataset) -> bool:
+        """Whether sample() replaces the last layer for this layout and dataset (`fit_head`)."""
+        return head_fit.active(getattr(self.config, "head_fit", "none"), layout, dataset)
 
     def resolve_layout(self, layout: ParamLayout | str | None) -> ParamLayout:
         """The layout a sample is made in: the fit layout (a multi_layout method overrides this to take others)."""

@@ -55,6 +55,7 @@ class LatentDiffusion(WeightGenerator):
     """Per-tensor standardization -> weight VAE -> dataset-conditioned latent DDPM (sampled with DDIM)."""
 
     method = "diffusion"
+    legacy_config = {"head_fit": "none"}  # generators saved before head_fit sampled without it
 
     @dataclasses.dataclass
     class Config:
@@ -66,6 +67,9 @@ class LatentDiffusion(WeightGenerator):
         mean_model: str = "auto"
         mean_kernel: str = "auto"  # the ridge's kernel: "linear", "rbf" or "auto" (by leave-one-dataset-out error)
         residual_scale: float = 1.0  # sampling: ridge mean + scale * generated residual (a truncation knob; <1 = closer to the mean)
+        # sampling: the last Linear layer solved in closed form on the condition's train split over the generated
+        # body's features (components/head_fit.py): "auto" (when the layout ends in one), "lsq" (required) or "none"
+        head_fit: str = "auto"
         # autoencoder
         latent_dim: int = 16
         ae_hidden: int = 256

@@ -22,24 +22,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from generators.components.head_fit import final_linear
 from store.layout import ParamLayout
 from wsl.functional import population_forward
-
-
-def final_linear(layout: ParamLayout, num_classes: int) -> tuple[str, str] | None:
-    """(weight name, bias name) of the layout's last Linear when it has num_classes outputs, else None."""
-    entries = layout.param_entries
-    weights = [e for e in entries if e.name.endswith(".weight") and len(e.shape) == 2]
-    if not weights or num_classes < 2:
-        return None
-    w = weights[-1]
-    bias = w.name[:-len("weight")] + "bias"
-    names = {e.name: e for e in entries}
-    if w.shape[0] != num_classes or bias not in names or names[bias].shape != (num_classes,):
-        return None
-    if w is not entries[-2] or names[bias] is not entries[-1]:  # the head must be the last two tensors
-        return None
-    return w.name, bias
 
 
 class Imprint(nn.Module):
@@ -52,7 +37,7 @@ class Imprint(nn.Module):
 
     @classmethod
     def for_layout(cls, layout: ParamLayout, num_classes: int) -> "Imprint | None":
-        found = final_linear(layout, num_classes)
+        found = final_linear(layout, num_classes) if num_classes >= 2 else None
         return None if found is None else cls(*found, num_classes)
 
     def forward(self, w: torch.Tensor, layout: ParamLayout, x: torch.Tensor, y: torch.Tensor,

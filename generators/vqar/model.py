@@ -58,12 +58,16 @@ class VQAutoregressive(WeightGenerator):
 
     method = "vqar"
     multi_layout = True
+    legacy_config = {"head_fit": "none"}  # generators saved before head_fit sampled without it
 
     @dataclasses.dataclass
     class Config:
         mean_model: str = "group-ridge"  # "group-ridge" (one ridge per init group), "ridge" (one over all groups) or "none"
         mean_kernel: str = "linear"  # the ridge's kernel: "linear", "rbf" or "auto" (by leave-one-dataset-out error)
         residual_scale: float = 1.0  # sampling: mean + scale * decoded residual
+        # sampling: the last Linear layer solved in closed form on the condition's train split over the generated
+        # body's features (components/head_fit.py): "auto" (when the layout ends in one), "lsq" (required) or "none"
+        head_fit: str = "auto"
         # tokens + VQ-VAE
         chunk_size: int = 16
         codebook_size: int = 256
