@@ -82,6 +82,10 @@ def run(store, out: str | Path, held_out: str = "digits-pair:0-2", seen: str = "
              f"{m('retrieval-select')}, retrieval-nearest (models of {cr.extra.get('retrieval_nearest_task')}) "
              f"{m('retrieval-nearest')}; the generator asked for another task ({cr.extra.get('shuffled_task')}) "
              f"{m('shuffled-condition')}")
+        if a.get("retrieval-nearest+head", {}).get("n"):
+            emit(f"  the samples' last layer is fit on the task's training split (head_fit={c.head_fit}); the same head on "
+                 f"the lookups: retrieval-select {m('retrieval-select+head')}, retrieval-nearest "
+                 f"{m('retrieval-nearest+head')}")
         nv = cr.novelty.get("generated-raw", {})
         n6 = cr.novelty.get("noise-0.06", {})
         emit(f"  novelty: distance to nearest training checkpoint {nv.get('nn_l2_aligned_mean', float('nan')):.2f} "

@@ -75,7 +75,8 @@ def test_fit_sample_eval(run_cli, stores, gen_dir, tmp_path):
     assert sorted({row["condition"] for row in r["rows"]}) == TASKS and r["written"]["generators"] == 0
     # --no-baselines drops the Zeng et al. baselines; the task baselines stay in every report
     assert {row["kind"] for row in r["rows"]} == {"generated", "zoo", "majority", "retrieval-select",
-                                                  "retrieval-nearest", "shuffled-condition"}
+                                                  "retrieval-nearest", "shuffled-condition",
+                                                  "retrieval-select+head", "retrieval-nearest+head"}
 
 
 @pytest.mark.parametrize("args, message", [

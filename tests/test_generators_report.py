@@ -55,7 +55,8 @@ def test_report_and_samples_table(zoo_store, tmp_path):
     seen, unseen = rep.conditions
     assert seen.seen and not unseen.seen and seen.condition == "digits-pair:0-1|test_acc=1"
     weighted = {"generated", "noise-0.06", "noise-0.12", "avg16", "gaussfit", "interp", "retrieval-select",
-                "retrieval-nearest", "shuffled-condition"}
+                "retrieval-nearest", "shuffled-condition",
+                "retrieval-select+head", "retrieval-nearest+head"}  # the generator fits its head (head_fit=auto)
     for c in rep.conditions:
         assert set(c.accuracy) == weighted | {"zoo", "majority"}
         g = c.accuracy["generated"]
@@ -68,6 +69,7 @@ def test_report_and_samples_table(zoo_store, tmp_path):
     # retrieval: a seen task picks from the other tasks' checkpoints (4 of the 6), a held-out one from all 6
     assert seen.accuracy["retrieval-select"]["n"] == 4 and unseen.accuracy["retrieval-select"]["n"] == 6
     assert seen.accuracy["retrieval-nearest"]["n"] == 2 and seen.extra["retrieval_nearest_task"] != "digits-pair:0-1"
+    assert seen.accuracy["retrieval-select+head"]["n"] == 4 and unseen.accuracy["retrieval-nearest+head"]["n"] == 2
     assert seen.extra["shuffled_task"] != "digits-pair:0-1" and unseen.extra["shuffled_task"] in TASKS[:3]
     s = rep.summary()
     assert set(s) == {"seen", "unseen"} and "generated_mean_acc" in s["unseen"] and "zoo_mean_acc" in s["seen"]
@@ -76,11 +78,11 @@ def test_report_and_samples_table(zoo_store, tmp_path):
     assert json.loads((out / "report.json").read_text())["summary"]["seen"]["conditions"] == 1
 
     written = record(st, gen, rep, tmp_path / "gen")
-    assert written == {"samples": 2 * 6 * 6 + 4 + 6 + 2 * 2 + 2 * 6, "generators": 1}
+    assert written == {"samples": 2 * 6 * 6 + 2 * (4 + 6 + 2 * 2) + 2 * 6, "generators": 1}  # retrieval kinds x2: +head
     df = st.sql("SELECT kind, count(*) AS n, avg(test_acc) AS acc FROM samples GROUP BY kind ORDER BY kind")
     assert dict(zip(df.kind, df.n)) == {"avg16": 12, "gaussfit": 12, "generated": 12, "interp": 12, "noise-0.06": 12,
                                       "noise-0.12": 12, "retrieval-select": 10, "retrieval-nearest": 4,
-                                      "shuffled-condition": 12}
+                                      "retrieval-select+head": 10, "retrieval-nearest+head": 4, "shuffled-condition": 12}
     row = st.sql("SELECT * FROM generators")
     assert row.generator_id[0] == gen.generator_id and json.loads(row.report[0])["n"] == 6
     w, meta = st.weights("SELECT sample_id FROM samples WHERE kind = 'generated' ORDER BY sample_id", table="samples")

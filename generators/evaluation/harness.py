@@ -26,7 +26,8 @@ seen_zoo_std (the std of the accuracies of the zoo's models of the seen sample, 
 tasks; seen_zoo_seed_std: the RMS of each task's seed-to-seed std), heldout_zoo_acc, heldout_raw_acc, heldout_ratio_raw, heldout_gap_closed_raw,
 heldout_select4_acc (the generated models at --select k, k = `select`), heldout_gap_closed_select4,
 heldout_retrieval_select_acc, heldout_retrieval_nearest_acc, heldout_shuffled_condition_acc,
-heldout_majority_acc, sample_eval_256_s, fit_s, novelty {generated, fresh, noise-0.06, noise-0.12:
+heldout_retrieval_select_head_acc / heldout_retrieval_nearest_head_acc (the lookups given the method's
+sampling-time head fit; null for a method without one), heldout_majority_acc, sample_eval_256_s, fit_s, novelty {generated, fresh, noise-0.06, noise-0.12:
 acc, iou_max, iou_gen_gen, nn_l2_stored, nn_l2_aligned}, the four generic novelty differences
 (seen_iou_max_minus_fresh, seen_aligned_nn_l2_over_fresh, seen_acc_minus_fresh,
 seen_gen_gen_iou_minus_fresh_fresh), targets {name: bool}, and the run's settings and load.
@@ -247,11 +248,14 @@ def run(o: HarnessOptions, say: Callable[[str], None] = lambda s: None, progress
         "heldout_retrieval_select_acc": _group_means(hc, "retrieval-select"),
         "heldout_retrieval_nearest_acc": _group_means(hc, "retrieval-nearest"),
         "heldout_shuffled_condition_acc": _group_means(hc, "shuffled-condition"),
+        # the lookups given the generator's own sampling-time head fit (NaN -> null without one; task_baselines.py)
+        "heldout_retrieval_select_head_acc": _group_means(hc, "retrieval-select+head"),
+        "heldout_retrieval_nearest_head_acc": _group_means(hc, "retrieval-nearest+head"),
         "heldout_majority_acc": maj_h,
         "heldout_min_task_raw_acc": min((c.accuracy[raw_kind]["mean"] for c in hc), default=math.nan),
     })
-    for k in ("retrieval-select", "retrieval-nearest", "shuffled-condition"):
-        line[f"heldout_gap_closed_{k.replace('-', '_')}"] = tb.gap_closed(_group_means(hc, k), maj_h, zoo_h)
+    for k in ("retrieval-select", "retrieval-nearest", "shuffled-condition") + tb.HEAD_KINDS:
+        line[f"heldout_gap_closed_{k.replace('-', '_').replace('+', '_')}"] = tb.gap_closed(_group_means(hc, k), maj_h, zoo_h)
     nov_conds = rep_nov.conditions if rep_nov else []
     novelty = {"tasks": list(novelty_tasks), "fresh_seeds": fresh_seeds,
                "generated": _novelty(nov_conds, raw_kind),
@@ -324,4 +328,17 @@ def targets(line: Mapping[str, Any]) -> dict[str, bool]:
         "shuffled_5_points_below": ok(lambda: line["heldout_shuffled_condition_acc"] <= line["heldout_raw_acc"] - 0.05),
         "seen_ge_zoo_minus_std": ok(lambda: line["seen_generated_acc"] >= line["seen_zoo_acc"] - line["seen_zoo_std"]),
         "sample_eval_256_le_10s": ok(lambda: line["sample_eval_256_s"] <= 10.0),
+        **head_targets(line),
     }
+
+
+def head_targets(line: Mapping[str, Any]) -> dict[str, bool]:
+    """For a generator that fits its head at sampling time: the two retrieval targets again, against the
+    lookups given the same head fit (what the generated body adds beyond a lookup plus a probe); {} otherwise."""
+    out = {}
+    for name, mine, theirs in (("select4_beats_retrieval_select_head", "heldout_select4_acc", "heldout_retrieval_select_head_acc"),
+                               ("raw_beats_retrieval_nearest_head", "heldout_raw_acc", "heldout_retrieval_nearest_head_acc")):
+        other = line.get(theirs)
+        if isinstance(other, (int, float)) and math.isfinite(other):
+            out[name] = bool(line.get(mine) is not None and line[mine] > other)
+    return out

@@ -10,7 +10,9 @@ Per condition (a dataset):
   best n of k*n by training-split loss, and then the raw samples beside them as
   `generated-raw`), of the zoo's checkpoints for that dataset (the last checkpoint of
   every finished model of the generator's layout; references.py), of the task baselines
-  (task_baselines.py: majority, retrieval-select, retrieval-nearest, shuffled-condition),
+  (task_baselines.py: majority, retrieval-select, retrieval-nearest, shuffled-condition, and
+  for a generator that fits its last layer at sampling time also retrieval-select+head and
+  retrieval-nearest+head: the lookups given that same head fit),
   of freshly trained models when a fresh store is given (`fresh`), and of the Zeng et al.
   baselines (baselines.py);
 - gap closed per kind: (mean - majority) / (zoo - majority); the summary computes it on
@@ -251,6 +253,10 @@ def evaluate_condition(gen: WeightGenerator, condition: str | Dataset | Conditio
         if ctx.pool is not None and any(t != own for t in ctx.pool.tasks):
             kinds["retrieval-select"] = ctx.pool.retrieval_select(ds, n, exclude=own)
             kinds["retrieval-nearest"], extra["retrieval_nearest_task"] = ctx.pool.retrieval_nearest(ds, exclude=own)
+            if gen.fits_head(layout, ds):
+                head = lambda w: gen.fit_head(w, layout, ds)  # noqa: E731
+                kinds["retrieval-select+head"] = ctx.pool.retrieval_select(ds, n, exclude=own, transform=head)
+                kinds["retrieval-nearest+head"] = head(kinds["retrieval-nearest"])
             extra["retrieval_pool"] = sum(t != own for t in ctx.pool.tasks)
         others = [t for t in ctx.seen_tasks if t != ds.name]
         if others:

@@ -21,6 +21,11 @@
   raw samples: neither looks at a loss.
 - `shuffled-condition` (report.py samples it): the generator asked for another task's
   weights and scored on this one. How much accuracy comes from the conditioning at all.
+- `retrieval-select+head`, `retrieval-nearest+head` (only for a generator whose sampling fits the
+  last layer on the condition's train split, `head_fit`): the same lookups given that same head
+  fit (for select: every pool checkpoint gets the head, then the n best by train loss are kept).
+  Compare the raw / selected samples with these too: they say what the generated body adds
+  beyond a lookup plus a closed-form probe.
 - `gap closed`: the fraction of the learnable gap (majority -> trained zoo) captured.
 
 All deterministic: the pool is kept in checkpoint-id order, ties are broken by that order,
@@ -40,6 +45,8 @@ from store.layout import ParamLayout
 from wsl.data import Dataset
 
 TASK_KINDS = ("majority", "retrieval-select", "retrieval-nearest", "shuffled-condition")
+# the retrieval baselines with the generator's sampling-time head fit (components/head_fit.py), when it has one
+HEAD_KINDS = ("retrieval-select+head", "retrieval-nearest+head")
 
 
 def majority_class(ds: Dataset) -> int:
@@ -121,12 +128,22 @@ class Pool:
         logp = torch.log_softmax(logits.to(torch.float64), -1)
         return -logp.gather(2, y.view(1, -1, 1).expand(len(rows), -1, 1)).squeeze(2).mean(1)
 
-    def retrieval_select(self, ds: Dataset, n: int, exclude: str | None = None) -> torch.Tensor:
-        """The n pool checkpoints (all, when fewer) with the lowest train-split loss on ds, best first."""
+    def retrieval_select(self, ds: Dataset, n: int, exclude: str | None = None, transform=None) -> torch.Tensor:
+        """The n pool checkpoints (all, when fewer) with the lowest train-split loss on ds, best first.
+
+        transform(weights [R, P]) -> [R, P]: applied to every candidate before scoring (the head fit).
+        """
         rows = self._rows(exclude)
-        loss = torch.nan_to_num(self.train_losses(ds, rows), nan=math.inf)
-        order = torch.sort(loss, stable=True).indices[:n]
-        return self.weights[rows[order]].contiguous()
+        if transform is None:
+            cand = self.weights[rows]
+            loss = self.train_losses(ds, rows)
+        else:
+            from wsl.evaluate import evaluate
+
+            cand = transform(self.weights[rows])
+            loss = evaluate(cand, self.layout, ds, split="train").loss.to(torch.float64)
+        order = torch.sort(torch.nan_to_num(loss, nan=math.inf), stable=True).indices[:n]
+        return cand[order].contiguous()
 
     def embedding(self, task: str) -> torch.Tensor:
         if task not in self._embeddings:
