@@ -212,3 +212,31 @@ def test_benchmark_figures_decode_held_out_checkpoints_through_the_vqvae(mixed_g
     ds = load_dataset(TASKS[2])
     assert torch.allclose(evaluate(aligned, lay, ds).loss, evaluate(w, lay, ds).loss, atol=1e-5)
     assert decoded.shape == mean_only.shape == w.shape
+
+
+# ----- leave-one-dataset-out residuals (loo.py) --------------------------------------------------
+@pytest.mark.parametrize("kernel", ["linear", "rbf"])
+def test_loo_means_equal_a_refit_without_the_dataset(kernel):
+    """The closed-form leave-one-out prediction equals kernel ridge refit without that dataset (same kernel,
+    penalty and centring), for every group and dataset."""
+    from generators.components.mean_model import GroupedRidge
+    from generators.vqar.loo import loo_means
+
+    g = torch.Generator().manual_seed(0)
+    D, F, P = 7, 5, 6
+    stats = torch.randn(D, F, generator=g, dtype=torch.float64)
+    index = torch.cat([torch.arange(D), torch.arange(D)])  # two groups, one model per dataset each
+    groups = torch.cat([torch.zeros(D, dtype=torch.long), torch.ones(D, dtype=torch.long)])
+    x = torch.randn(2 * D, P, generator=g)
+    mm = GroupedRidge([D, D], F, P)
+    mm.fit(stats, x, index, groups, kernel)
+    got = loo_means(mm, stats, index, groups)
+    for gi, ridge in enumerate(mm.ridges):
+        feats, lam, gamma = ridge.features, float(ridge.penalty), float(ridge.gamma)
+        t = x[groups == gi].double() - ridge.target_mean
+        for i in range(D):
+            keep = torch.arange(D) != i
+            k = ridge._kernel(feats[keep], feats[keep], gamma)
+            a = torch.linalg.solve(k + lam * torch.eye(D - 1, dtype=torch.float64), t[keep])
+            want = ridge.target_mean + ridge._kernel(feats[i:i + 1], feats[keep], gamma) @ a
+            assert torch.allclose(got[gi * D + i].double(), want[0], atol=1e-4), (gi, i)

@@ -86,9 +86,13 @@ def descriptor_dim(names: Sequence[str]) -> int:
 
 
 class LayoutTokens:
-    """A layout's chunk tokenizer and what the prior embeds per token (tensor ids, positions)."""
+    """A layout's chunk tokenizer and what the prior embeds per token (tensor ids, positions).
 
-    def __init__(self, layout: ParamLayout, chunk_size: int, names: Sequence[str]):
+    With `levels` residual-VQ indices per chunk the prior's sequence has levels x chunks tokens
+    (a chunk's levels adjacent): each gets its chunk's tensor id and position chunk * levels + level.
+    """
+
+    def __init__(self, layout: ParamLayout, chunk_size: int, names: Sequence[str], levels: int = 1):
         largest = max(e.numel for e in layout.entries)
         if chunk_size > largest:
             raise UserError(f"chunk_size {chunk_size} is larger than the largest tensor of layout {layout.layout_id} "
@@ -100,8 +104,10 @@ class LayoutTokens:
         if missing:  # a bug: check_member runs first
             raise RuntimeError(f"tensor names {missing} not in the family's table")
         ids = [table[layout.entries[int(t)].name] for t in self.tokenizer.token_tensor]
-        self.tensor_id = torch.tensor(ids, dtype=torch.long)  # [T] family-wide tensor id
-        self.position = self.tokenizer.token_position.clone()  # [T] chunk index within its tensor
+        lv = int(levels)
+        self.tensor_id = torch.tensor(ids, dtype=torch.long).repeat_interleave(lv)  # [T * lv] family-wide tensor id
+        # [T * lv] chunk index within its tensor (times levels, + level)
+        self.position = (self.tokenizer.token_position[:, None] * lv + torch.arange(lv)).reshape(-1)
         self.descriptor = descriptor(layout, names)
 
     @property

@@ -46,6 +46,7 @@ from generators.conditions import Condition, common_task
 from generators.interface import WeightGenerator, _distinct_datasets
 from generators.vqar import layouts as fam
 from generators.vqar.health import record_health
+from generators.vqar.loo import loo_means
 from generators.vqar.prior import TokenPrior
 from generators.vqar.quantizer import ChunkVQVAE, train_vqvae
 from store.errors import UserError
@@ -58,19 +59,25 @@ class VQAutoregressive(WeightGenerator):
 
     method = "vqar"
     multi_layout = True
-    legacy_config = {"head_fit": "none"}  # generators saved before head_fit sampled without it
+    # generators saved before head_fit sampled without it; before token_residuals their VQ-VAE saw in-sample residuals only
+    legacy_config = {"head_fit": "none", "token_residuals": "fit"}
 
     @dataclasses.dataclass
     class Config:
         mean_model: str = "group-ridge"  # "group-ridge" (one ridge per init group), "ridge" (one over all groups) or "none"
-        mean_kernel: str = "linear"  # the ridge's kernel: "linear", "rbf" or "auto" (by leave-one-dataset-out error)
+        mean_kernel: str = "auto"  # the ridge's kernel: "linear", "rbf" or "auto" (by leave-one-dataset-out error)
         residual_scale: float = 1.0  # sampling: mean + scale * decoded residual
+        # what the VQ-VAE learns its codebook on: "fit" (the in-sample residuals the prior is trained on) or "fit+loo"
+        # (also every model's leave-one-dataset-out residual, standardized on its own: what a held-out task's residual
+        # looks like; loo.py)
+        token_residuals: str = "fit+loo"
         # sampling: the last Linear layer solved in closed form on the condition's train split over the generated
         # body's features (components/head_fit.py): "auto" (when the layout ends in one), "lsq" (required) or "none"
         head_fit: str = "auto"
         # tokens + VQ-VAE
-        chunk_size: int = 16
+        chunk_size: int = 4  # 8-bit tokens of 4 values: 2 bits per weight (chunk 16: 0.5 bit; BENCHMARKS.md "## vqar")
         codebook_size: int = 256
+        vq_levels: int = 1  # residual-VQ levels: indices per chunk (the prior emits levels x chunks tokens)
         code_dim: int = 16
         vq_hidden: int = 128  # 0: identity encoder/decoder (the codebook holds chunks)
         ae_steps: int = 800
@@ -105,6 +112,8 @@ class VQAutoregressive(WeightGenerator):
             raise UserError(f"vqar option mean_model={c.mean_model!r}", "use 'ridge', 'group-ridge' or 'none'")
         if c.mean_kernel not in ("linear", "rbf", "auto"):
             raise UserError(f"vqar option mean_kernel={c.mean_kernel!r}", "use 'linear', 'rbf' or 'auto'")
+        if c.token_residuals not in ("fit", "fit+loo"):
+            raise UserError(f"vqar option token_residuals={c.token_residuals!r}", "use 'fit' or 'fit+loo'")
         if isinstance(c.chunk_size, bool) or not isinstance(c.chunk_size, int) or c.chunk_size < 1:
             raise UserError(f"vqar option chunk_size={c.chunk_size!r}", "give a chunk size >= 1 (e.g. 16), at most the "
                             "largest tensor of the layout")
@@ -112,7 +121,7 @@ class VQAutoregressive(WeightGenerator):
             raise UserError(f"vqar option codebook_size={c.codebook_size!r}", "give a codebook of at least 2 entries "
                             "(e.g. 256)")
         for k in ("code_dim", "d_model", "depth", "heads", "batch_size", "vq_batch", "set_hidden", "cond_dim",
-                  "max_per_class", "context_per_class", "decoded_eval_datasets"):
+                  "max_per_class", "context_per_class", "decoded_eval_datasets", "vq_levels"):
             if int(getattr(c, k)) < 1:
                 raise UserError(f"vqar option {k}={getattr(c, k)!r}", f"{k} must be >= 1")
         for k in ("steps", "ae_steps", "vq_hidden", "top_k"):
@@ -150,7 +159,8 @@ class VQAutoregressive(WeightGenerator):
 
     def _layout_tokens(self, layout: ParamLayout) -> fam.LayoutTokens:
         if layout.layout_id not in self._tokens:
-            self._tokens[layout.layout_id] = fam.LayoutTokens(layout, self.config.chunk_size, self.fit_info["names"])
+            self._tokens[layout.layout_id] = fam.LayoutTokens(layout, self.config.chunk_size, self.fit_info["names"],
+                                                              self.config.vq_levels)
         return self._tokens[layout.layout_id]
 
     # ----- modules -------------------------------------------------------------------
@@ -165,7 +175,7 @@ class VQAutoregressive(WeightGenerator):
             "conditioner": Conditioner(in_features, k, target_dim, len(info.get("metrics", [])), c.set_hidden,
                                        c.cond_dim, 1, n_groups),
             "vq": ChunkVQVAE(c.chunk_size, c.codebook_size, c.code_dim, c.vq_hidden, c.vq_decay, c.commitment,
-                             c.dead_threshold),
+                             c.dead_threshold, levels=c.vq_levels),
             "prior": TokenPrior(c.codebook_size, len(names), int(info["max_position"]), fam.descriptor_dim(names),
                                 c.cond_dim, c.d_model, c.depth, c.heads, c.dropout),
         }
@@ -173,10 +183,16 @@ class VQAutoregressive(WeightGenerator):
             n_tensors = len(d["entries"]) if "entries" in d else len(ParamLayout.from_dict(d))
             self.modules[f"l{i}_norm"] = NormalizerState(n_tensors)
             self.modules[f"l{i}_rnorm"] = NormalizerState(n_tensors)
+            if self._uses_loo:
+                self.modules[f"l{i}_lnorm"] = NormalizerState(n_tensors)  # leave-one-out residuals' statistics
             if c.mean_model != "none":
                 self.modules[f"l{i}_mean"] = GroupedRidge(info["mean_sets"][i],
                                                           statistics_dim(in_features, k, target_dim),
                                                           int(ParamLayout.from_dict(d).num_params))
+
+    @property
+    def _uses_loo(self) -> bool:
+        return self.config.token_residuals == "fit+loo" and self.config.mean_model != "none"
 
     def _modules(self) -> dict[str, nn.Module]:
         return self.modules
@@ -236,7 +252,7 @@ class VQAutoregressive(WeightGenerator):
         task, k = common_task(datasets)
         layouts = [p["layout"] for p in parts]
         names = fam.name_table(layouts)
-        toks = [fam.LayoutTokens(lay, c.chunk_size, names) for lay in layouts]  # chunk_size > largest tensor: UserError
+        toks = [fam.LayoutTokens(lay, c.chunk_size, names, c.vq_levels) for lay in layouts]  # chunk_size > largest tensor: UserError
         kk = k if task == "classification" else 0
         info = self.fit_info
         info.update({"input_shape": list(datasets[0].input_shape), "num_classes": k, "task": task,
@@ -259,7 +275,7 @@ class VQAutoregressive(WeightGenerator):
                 progress(0, total=c.ae_steps + c.steps, info="vq-vae")
             stats = torch.stack([dataset_statistics(d.x_train, d.y_train, kk) for d in datasets]) \
                 if c.mean_model != "none" else None
-            resid, means = [], []
+            resid, means, loo_resid = [], [], []
             for i, (p, r) in enumerate(zip(parts, ridge)):
                 x = self.modules[f"l{i}_norm"].set(Normalizer.fit(p["x"], p["layout"])).transform(p["x"], torch.float32)
                 if stats is not None:
@@ -271,15 +287,21 @@ class VQAutoregressive(WeightGenerator):
                 rn = self.modules[f"l{i}_rnorm"].set(Normalizer.fit(x - mu, p["layout"]))
                 resid.append(rn.transform(x - mu, torch.float32))
                 means.append(mu)
+                if self._uses_loo:
+                    d = x - loo_means(self.modules[f"l{i}_mean"], stats, p["index"], r)
+                    loo_resid.append(self.modules[f"l{i}_lnorm"].set(Normalizer.fit(d, p["layout"])).transform(d, torch.float32))
             chunks = [t.encode(r) for t, r in zip(toks, resid)]  # ([N, T, D], [T, D])
+            loo_chunks = [t.encode(r) for t, r in zip(toks, loo_resid)]
             D = c.chunk_size
-            pool = torch.cat([ch.reshape(-1, D) for ch, _ in chunks])
-            pool_mask = torch.cat([m.expand(len(ch), -1, -1).reshape(-1, D) for ch, m in chunks])
+            pool = torch.cat([ch.reshape(-1, D) for ch, _ in chunks + loo_chunks])
+            pool_mask = torch.cat([m.expand(len(ch), -1, -1).reshape(-1, D) for ch, m in chunks + loo_chunks])
             vq = self.modules["vq"]
             vq_mse = train_vqvae(vq, pool, pool_mask, c.ae_steps, c.vq_batch, c.ae_lr, g, progress)
             codes = [vq.encode(ch.reshape(-1, D), m.expand(len(ch), -1, -1).reshape(-1, D)).reshape(len(ch), -1)
                      for ch, m in chunks]
-            record_health(self, parts, toks, resid, means, codes, datasets, vq_mse, g)
+            loo_codes = [vq.encode(ch.reshape(-1, D), m.expand(len(ch), -1, -1).reshape(-1, D)).reshape(len(ch), -1)
+                         for ch, m in loo_chunks]
+            record_health(self, parts, toks, resid, means, codes, datasets, vq_mse, g, loo_resid, loo_codes)
             if progress:
                 progress(0, info="prior")
             info["prior_final_loss"] = self._train_prior(parts, toks, codes, datasets, kk, g, progress)
@@ -343,11 +365,12 @@ class VQAutoregressive(WeightGenerator):
         x = mean + scale * rn_n.inverse(r_hat, torch.float32)
         return Normalizer(layout, norm.mean, norm.std).inverse(x)
 
-    def reconstruct(self, weights: torch.Tensor, dataset, layout: ParamLayout | str | None = None):
+    def reconstruct(self, weights: torch.Tensor, dataset, layout: ParamLayout | str | None = None,
+                    seen_as: str = "heldout"):
         """Checkpoints [m, P] for `dataset` through the VQ-VAE alone -> (aligned, decoded, mean_only) (reconstruct.py)."""
         from generators.vqar.reconstruct import reconstruct
 
-        return reconstruct(self, weights, dataset, layout)
+        return reconstruct(self, weights, dataset, layout, seen_as)
 
     @torch.no_grad()
     def embed(self, dataset) -> torch.Tensor:
@@ -396,18 +419,6 @@ class VQAutoregressive(WeightGenerator):
         anything with `.held_out`; with both, the held-out tasks' zoo checkpoints are decoded through the VQ-VAE (the strict check: the
         codebook never saw them); otherwise the decoded-zoo figure is the training checkpoints' (fit_info).
         """
-        from generators.vqar.health import decoded_heldout
+        from generators.vqar.health import benchmark_figures
 
-        h = self.fit_info.get("codebook") or {}
-        out = {"codebook_usage": h.get("usage_fraction"), "dead_code_fraction": h.get("dead_code_fraction"),
-               "codebook_perplexity": h.get("perplexity"), "vq_residual_relative_mse": h.get("residual_relative_mse"),
-               "decoded_zoo_seen_relative_acc": h.get("decoded_zoo_relative_acc"),
-               "decoded_zoo_seen_mean_only_relative_acc": h.get("mean_only_relative_acc")}
-        get = (lambda k: context.get(k)) if isinstance(context, dict) else (lambda k: getattr(context, k, None))
-        store, split = (get("store"), get("split") or get("resolution")) if context is not None else (None, None)
-        held = list(getattr(split, "held_out", None) or (split or {}).get("held_out", []) if split is not None else [])
-        fig = decoded_heldout(self, store, held) if store is not None and held else {}
-        out["decoded_zoo_relative_acc"] = fig.get("decoded_zoo_relative_acc", out["decoded_zoo_seen_relative_acc"])
-        out["decoded_zoo_checkpoints"] = "held-out" if fig else "seen (training)"
-        out.update({k: v for k, v in fig.items() if k != "decoded_zoo_relative_acc"})
-        return out
+        return benchmark_figures(self, context)
