@@ -60,7 +60,7 @@ class VQAutoregressive(WeightGenerator):
     method = "vqar"
     multi_layout = True
     # generators saved before head_fit sampled without it; before token_residuals their VQ-VAE saw in-sample residuals only
-    legacy_config = {"head_fit": "none", "token_residuals": "fit"}
+    legacy_config = {"head_fit": "none", "token_residuals": "fit", "unseen_layout": "statistics"}
 
     @dataclasses.dataclass
     class Config:
@@ -71,6 +71,10 @@ class VQAutoregressive(WeightGenerator):
         # (also every model's leave-one-dataset-out residual, standardized on its own: what a held-out task's residual
         # looks like; loo.py)
         token_residuals: str = "fit+loo"
+        # a layout of the family the generator was not fit on (another width): "resize" (sample a fit layout, then
+        # layouts.resize: Net2Net-style, exact when widening) or "statistics" (tokens decoded with the nearest fit
+        # layout's residual statistics and no mean model)
+        unseen_layout: str = "resize"
         # sampling: the last Linear layer solved in closed form on the condition's train split over the generated
         # body's features (components/head_fit.py): "auto" (when the layout ends in one), "lsq" (required) or "none"
         head_fit: str = "auto"
@@ -112,6 +116,8 @@ class VQAutoregressive(WeightGenerator):
             raise UserError(f"vqar option mean_model={c.mean_model!r}", "use 'ridge', 'group-ridge' or 'none'")
         if c.mean_kernel not in ("linear", "rbf", "auto"):
             raise UserError(f"vqar option mean_kernel={c.mean_kernel!r}", "use 'linear', 'rbf' or 'auto'")
+        if c.unseen_layout not in ("resize", "statistics"):
+            raise UserError(f"vqar option unseen_layout={c.unseen_layout!r}", "use 'resize' or 'statistics'")
         if c.token_residuals not in ("fit", "fit+loo"):
             raise UserError(f"vqar option token_residuals={c.token_residuals!r}", "use 'fit' or 'fit+loo'")
         if isinstance(c.chunk_size, bool) or not isinstance(c.chunk_size, int) or c.chunk_size < 1:
@@ -382,6 +388,9 @@ class VQAutoregressive(WeightGenerator):
         layout = self.resolve_layout(layout)
         fit_ids = [lay.layout_id for lay in self.layouts]
         seen = layout.layout_id in fit_ids
+        if not seen and c.unseen_layout == "resize":
+            src = self.layouts[fam.source_for(layout, self.layouts)]
+            return fam.resize(self._sample(n, dataset, target, seed, src), src, layout).contiguous()
         li = fit_ids.index(layout.layout_id) if seen else fam.nearest(layout, self.layouts)
         t = self._layout_tokens(layout)
         cond, prior, vq = self.modules["conditioner"], self.modules["prior"], self.modules["vq"]
