@@ -34,14 +34,12 @@ import math
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from generators.components.conditioner import Conditioner
 from generators.components.mean_model import GroupedRidge, dataset_statistics, sets_per_group, statistics_dim
 from generators.components.normalizer_state import NormalizerState
-from generators.components.schedules import warmup_cosine
-from generators.components.set_encoder import ContextTable, embed_dataset
+from generators.components.set_encoder import embed_dataset
 from generators.conditions import Condition, common_task
 from generators.interface import WeightGenerator, _distinct_datasets
 from generators.vqar import layouts as fam
@@ -317,49 +315,9 @@ class VQAutoregressive(WeightGenerator):
             m.eval()
 
     def _train_prior(self, parts, toks, codes, datasets, k, g, progress) -> float:
-        c = self.config
-        if c.steps == 0:
-            return float("nan")
-        cond, prior = self.modules["conditioner"], self.modules["prior"]
-        names = self.fit_info["metrics"]
-        mvals = [torch.stack([p["metrics"][m] for m in names], 1) if names else None for p in parts]
-        if names:
-            allm = torch.cat(mvals)
-            cond.metric_mean.copy_(allm.mean(0))
-            cond.metric_std.copy_(allm.std(0).clamp_min(1e-3) if len(allm) > 1 else torch.ones(allm.shape[1]))
-        contexts = ContextTable(datasets, k)
-        params = list(cond.parameters()) + list(prior.parameters())
-        opt = torch.optim.AdamW(params, lr=c.lr, weight_decay=c.weight_decay, foreach=True)
-        sched = warmup_cosine(opt, c.steps)
-        sizes = torch.tensor([float(len(p["x"])) for p in parts])
-        offs = self.fit_info["group_offsets"]
-        cond.train()
-        prior.train()
-        ema = None
-        for step in range(c.steps):
-            li = int(torch.multinomial(sizes, 1, generator=g)) if len(parts) > 1 else 0
-            p, t = parts[li], toks[li]
-            bs = min(c.batch_size, len(p["x"]))
-            idx = torch.randint(len(p["x"]), (bs,), generator=g)
-            xs, ys, set_index, n_sets, uniq, inv = contexts.draw(p["index"][idx], c.max_per_class, g)
-            emb = cond.set_encoder(xs, ys, set_index, n_sets)[inv]
-            keep = torch.zeros(bs, dtype=torch.bool)
-            mv = mvals[li][idx] if names else None
-            drop_m = torch.rand(bs, generator=g) < c.metric_drop if names else None
-            cvec = cond.combine(emb, keep, mv, drop_m, p["groups"][idx] + offs[li])
-            logits = prior(cvec, t.descriptor, t.tensor_id, t.position, codes[li][idx])
-            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), codes[li][idx].reshape(-1))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
-            sched.step()
-            ema = float(loss.detach()) if ema is None else 0.98 * ema + 0.02 * float(loss.detach())
-            if progress and (step + 1) % 50 == 0:
-                progress(50, info=f"prior loss {ema:.3f}")
-        if progress and c.steps % 50:
-            progress(c.steps % 50)
-        return float(ema)
+        from generators.vqar.prior import train_prior
+
+        return train_prior(self, parts, toks, codes, datasets, k, g, progress)
 
     # ----- sampling --------------------------------------------------------------------------
     def _to_weights(self, li: int, layout: ParamLayout, r_hat: torch.Tensor, mean: torch.Tensor,
