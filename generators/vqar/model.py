@@ -77,7 +77,8 @@ class VQAutoregressive(WeightGenerator):
         # body's features (components/head_fit.py): "auto" (when the layout ends in one), "lsq" (required) or "none"
         head_fit: str = "auto"
         # tokens + VQ-VAE
-        chunk_size: int = 4  # 8-bit tokens of 4 values: 2 bits per weight (chunk 16: 0.5 bit; BENCHMARKS.md "## vqar")
+        chunk_size: int = 16  # 8-bit tokens of 16 values: 0.5 bit per weight (4: 2 bits, decoded zoo >= 0.99 on both
+        # protocols at ~4x the prior's sequence, fit and sampling time; BENCHMARKS.md "## vqar")
         codebook_size: int = 256
         vq_levels: int = 1  # residual-VQ levels: indices per chunk (the prior emits levels x chunks tokens)
         code_dim: int = 16
