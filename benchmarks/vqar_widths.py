@@ -32,6 +32,7 @@ sys.path.insert(0, str(ROOT))
 from generators.evaluation.references import zoo_checkpoints  # noqa: E402
 from generators.protocols import parse_protocol, resolve  # noqa: E402
 from generators.vqar import VQAutoregressive  # noqa: E402
+from generators.vqar.health import decoded_heldout  # noqa: E402
 from store.store import ZooStore  # noqa: E402
 from wsl.evaluate import evaluate  # noqa: E402
 from zoo import load_dataset, load_spec, train  # noqa: E402
@@ -110,7 +111,10 @@ def main(argv=None) -> int:
             "multi_width_min_heldout_ratio": min(v["ratio"] for v in held.values()),
             "multi_width_min_gap_closed": min(v["gap_closed"] for v in held.values()),
             "codebook": {k: gen.fit_info["codebook"].get(k) for k in ("usage_fraction", "dead_code_fraction",
-                                                                      "perplexity", "residual_relative_mse")},
+                                                                      "perplexity", "residual_relative_mse",
+                                                                      "loo_residual_relative_mse")},
+            # held-out tasks' zoo checkpoints of every width through the VQ-VAE alone (no prior, no head fit)
+            **{k: round(v, 4) if isinstance(v, float) else v for k, v in decoded_heldout(gen, zs, split.held_out).items()},
             "fit_s": round(fit_s, 1), "load": load1()}
     if a.unseen_width is not None:
         keep = [lay for lay in layouts if lay.arch.get("width") != a.unseen_width]

@@ -212,3 +212,101 @@ def test_benchmark_figures_decode_held_out_checkpoints_through_the_vqvae(mixed_g
     ds = load_dataset(TASKS[2])
     assert torch.allclose(evaluate(aligned, lay, ds).loss, evaluate(w, lay, ds).loss, atol=1e-5)
     assert decoded.shape == mean_only.shape == w.shape
+
+
+# ----- leave-one-dataset-out residuals (loo.py) --------------------------------------------------
+@pytest.mark.parametrize("kernel", ["linear", "rbf"])
+def test_loo_means_equal_a_refit_without_the_dataset(kernel):
+    """The closed-form leave-one-out prediction equals kernel ridge refit without that dataset (same kernel,
+    penalty and centring), for every group and dataset."""
+    from generators.components.mean_model import GroupedRidge
+    from generators.vqar.loo import loo_means
+
+    g = torch.Generator().manual_seed(0)
+    D, F, P = 7, 5, 6
+    stats = torch.randn(D, F, generator=g, dtype=torch.float64)
+    index = torch.cat([torch.arange(D), torch.arange(D)])  # two groups, one model per dataset each
+    groups = torch.cat([torch.zeros(D, dtype=torch.long), torch.ones(D, dtype=torch.long)])
+    x = torch.randn(2 * D, P, generator=g)
+    mm = GroupedRidge([D, D], F, P)
+    mm.fit(stats, x, index, groups, kernel)
+    got = loo_means(mm, stats, index, groups)
+    for gi, ridge in enumerate(mm.ridges):
+        feats, lam, gamma = ridge.features, float(ridge.penalty), float(ridge.gamma)
+        t = x[groups == gi].double() - ridge.target_mean
+        for i in range(D):
+            keep = torch.arange(D) != i
+            k = ridge._kernel(feats[keep], feats[keep], gamma)
+            a = torch.linalg.solve(k + lam * torch.eye(D - 1, dtype=torch.float64), t[keep])
+            want = ridge.target_mean + ridge._kernel(feats[i:i + 1], feats[keep], gamma) @ a
+            assert torch.allclose(got[gi * D + i].double(), want[0], atol=1e-4), (gi, i)
+
+
+# ----- an unseen width: resized from a fit layout (layouts.resize) --------------------------------
+def test_resize_widening_keeps_the_function_and_cropping_keeps_shapes():
+    from generators.vqar.layouts import resize, source_for
+
+    arch = {"name": "mlp", "in_features": 5, "out_features": 3, "width": 4, "depth": 2, "activation": "relu"}
+    small, wide, narrow = (ParamLayout.from_config({**arch, "width": w}) for w in (4, 7, 3))
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(2, small.num_params, generator=g)
+    x = torch.randn(9, 5, generator=g)
+    up = resize(w, small, wide)
+    assert up.shape == (2, wide.num_params)
+    for i in range(2):
+        a = small.load_into(small.build_module(), w[i])(x)
+        b = wide.load_into(wide.build_module(), up[i])(x)
+        assert torch.allclose(a, b, atol=1e-5)
+    down = resize(w, small, narrow)
+    assert down.shape == (2, narrow.num_params) and bool(torch.isfinite(down).all())
+    assert source_for(wide, [narrow, small]) == 1 and source_for(narrow, [small, wide]) == 0  # widest inside; else nearest
+
+
+def test_unseen_width_is_the_resized_sample_of_a_fit_width(mixed_gen, widths_zoo):
+    import dataclasses
+
+    from generators.vqar.layouts import resize
+
+    layouts = sorted(_layouts(widths_zoo), key=lambda lay: lay.arch["width"])  # widths 4 and 6
+    other = ParamLayout.from_config({**layouts[0].arch, "width": 9})
+    gen = mixed_gen
+    saved = gen.config
+    gen.config = dataclasses.replace(saved, head_fit="none")
+    try:
+        w, got = gen.sample(3, "digits-pair:1-2", seed=1, layout=other)
+        src, _ = gen.sample(3, "digits-pair:1-2", seed=1, layout=layouts[1].layout_id)
+    finally:
+        gen.config = saved
+    assert got == other and torch.equal(w, resize(src, layouts[1], other))
+    with pytest.raises(UserError, match="unseen_layout"):
+        VQAutoregressive(unseen_layout="crop")
+
+
+# ----- residual-VQ levels and the leave-one-out codebook ---------------------------------------------
+def test_residual_levels_encode_decode_and_count_per_level():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(400, 4, generator=g)
+    mask = torch.ones_like(x, dtype=torch.bool)
+    torch.manual_seed(0)
+    one, two = ChunkVQVAE(4, 8, 4, hidden=0), ChunkVQVAE(4, 8, 4, hidden=0, levels=2)
+    errs = []
+    for vq in (one, two):
+        train_vqvae(vq, x, mask, steps=20, batch_size=128, lr=1e-3, generator=g)
+        idx = vq.encode(x, mask)
+        rec = vq.decode(idx.reshape(len(x), -1)).reshape(len(x), 4)
+        errs.append(float((rec - x).pow(2).mean()))
+    assert idx.shape == (400, 2) and errs[1] < errs[0]  # the second level quantizes what the first left
+    h = codebook_health(idx.reshape(-1), 8, levels=2)
+    assert h["codebook_size"] == 16 and len(h["level_usage_fractions"]) == 2 and h["tokens"] == 800
+
+
+def test_fit_keeps_leave_one_out_statistics_and_levels_sample(widths_zoo):
+    zs = ZooStore(widths_zoo, create=False)
+    gen = VQAutoregressive.fit(zs, "width = 4", last=True, metric="test_acc", **{**TINY, "vq_levels": 2})
+    assert "l0_lnorm" in gen.modules and "loo_residual_relative_mse" in gen.fit_info["codebook"]
+    lay = gen.layouts[0]
+    assert len(gen._layout_tokens(lay).tensor_id) == 2 * ChunkTokenizer(lay, TINY["chunk_size"]).num_tokens
+    w, got = gen.sample(2, "digits-pair:0-1", seed=0)
+    assert w.shape == (2, lay.num_params) and bool(torch.isfinite(w).all())
+    plain = VQAutoregressive.fit(zs, "width = 4", last=True, metric="test_acc", **{**TINY, "token_residuals": "fit"})
+    assert "l0_lnorm" not in plain.modules and "loo_residual_relative_mse" not in plain.fit_info["codebook"]

@@ -23,10 +23,17 @@ from generators.vqar.quantizer import codebook_health
 from store.layout import ParamLayout
 
 
-def record_health(gen, parts, toks, resid, means, codes, datasets, vq_mse, g) -> None:
-    """Codebook usage, reconstruction error per tensor, decoded-zoo accuracy -> fit_info (health.py)."""
+def record_health(gen, parts, toks, resid, means, codes, datasets, vq_mse, g, loo_resid=(), loo_codes=()) -> None:
+    """Codebook usage, reconstruction error per tensor, decoded-zoo accuracy -> fit_info (health.py).
+
+    Usage counts every token the codebook was learned on (in-sample and, with token_residuals
+    "fit+loo", leave-one-out residuals); `prior_tokens_usage_fraction` the prior's (in-sample) tokens alone.
+    """
     vq = gen.modules["vq"]
-    health = codebook_health(torch.cat([cd.reshape(-1) for cd in codes]), gen.config.codebook_size)
+    k, lv = gen.config.codebook_size, gen.config.vq_levels
+    health = codebook_health(torch.cat([cd.reshape(-1) for cd in list(codes) + list(loo_codes)]), k, lv)
+    health["prior_tokens_usage_fraction"] = codebook_health(torch.cat([cd.reshape(-1) for cd in codes]), k,
+                                                            lv)["usage_fraction"]
     health["vq_final_mse"] = vq_mse
     recon, zoo_parts = {}, []
     for i, (p, t, r, mu, cd) in enumerate(zip(parts, toks, resid, means, codes)):
@@ -38,6 +45,9 @@ def record_health(gen, parts, toks, resid, means, codes, datasets, vq_mse, g) ->
     all_r = torch.cat([r.reshape(-1) for r in resid])
     all_err = torch.cat([(t.decode(vq.decode(cd)) - r).reshape(-1) for t, r, cd in zip(toks, resid, codes)])
     health["residual_relative_mse"] = float(all_err.double().pow(2).sum() / all_r.double().pow(2).sum().clamp_min(1e-12))
+    if loo_codes:
+        err = sum(float((t.decode(vq.decode(cd)) - r).double().pow(2).sum()) for t, r, cd in zip(toks, loo_resid, loo_codes))
+        health["loo_residual_relative_mse"] = err / max(sum(float(r.double().pow(2).sum()) for r in loo_resid), 1e-12)
     health.update(decoded_zoo(zoo_parts, datasets, gen.config.decoded_eval_datasets, g))
     gen.fit_info["codebook"] = health
     gen.fit_info["recon_error_per_tensor"] = recon
@@ -113,3 +123,25 @@ def decoded_heldout(gen, store, tasks: Sequence[str], limit: int = 10) -> dict[s
             "decoded_zoo_mean_only_relative_acc": m["mean_only"] / max(m["original"], 1e-12),
             "decoded_zoo_token_gap_closed": (m["decoded"] - m["mean_only"]) / gap if abs(gap) > 1e-9 else None,
             "decoded_zoo_evaluated": int(sum(len(v) for v in acc["original"]))}
+
+
+def benchmark_figures(gen, context=None) -> dict:
+    """Codebook health (fit time) and the decoded held-out zoo (decoded_heldout) for the harness (model.benchmark_figures).
+
+    The decoded figures are the VQ-VAE's alone: no prior and no sampling-time head fit (reconstruct.py
+    never goes through sample()), so they say what the tokens keep, not what the head solve repairs.
+    """
+    h = gen.fit_info.get("codebook") or {}
+    out = {"codebook_usage": h.get("usage_fraction"), "dead_code_fraction": h.get("dead_code_fraction"),
+           "codebook_perplexity": h.get("perplexity"), "vq_residual_relative_mse": h.get("residual_relative_mse"),
+           "vq_loo_residual_relative_mse": h.get("loo_residual_relative_mse"),
+           "decoded_zoo_seen_relative_acc": h.get("decoded_zoo_relative_acc"),
+           "decoded_zoo_seen_mean_only_relative_acc": h.get("mean_only_relative_acc")}
+    get = (lambda k: context.get(k)) if isinstance(context, dict) else (lambda k: getattr(context, k, None))
+    store, split = (get("store"), get("split") or get("resolution")) if context is not None else (None, None)
+    held = list(getattr(split, "held_out", None) or (split or {}).get("held_out", []) if split is not None else [])
+    fig = decoded_heldout(gen, store, held) if store is not None and held else {}
+    out["decoded_zoo_relative_acc"] = fig.get("decoded_zoo_relative_acc", out["decoded_zoo_seen_relative_acc"])
+    out["decoded_zoo_checkpoints"] = "held-out" if fig else "seen (training)"
+    out.update({k: v for k, v in fig.items() if k != "decoded_zoo_relative_acc"})
+    return out

@@ -86,9 +86,13 @@ def descriptor_dim(names: Sequence[str]) -> int:
 
 
 class LayoutTokens:
-    """A layout's chunk tokenizer and what the prior embeds per token (tensor ids, positions)."""
+    """A layout's chunk tokenizer and what the prior embeds per token (tensor ids, positions).
 
-    def __init__(self, layout: ParamLayout, chunk_size: int, names: Sequence[str]):
+    With `levels` residual-VQ indices per chunk the prior's sequence has levels x chunks tokens
+    (a chunk's levels adjacent): each gets its chunk's tensor id and position chunk * levels + level.
+    """
+
+    def __init__(self, layout: ParamLayout, chunk_size: int, names: Sequence[str], levels: int = 1):
         largest = max(e.numel for e in layout.entries)
         if chunk_size > largest:
             raise UserError(f"chunk_size {chunk_size} is larger than the largest tensor of layout {layout.layout_id} "
@@ -100,8 +104,10 @@ class LayoutTokens:
         if missing:  # a bug: check_member runs first
             raise RuntimeError(f"tensor names {missing} not in the family's table")
         ids = [table[layout.entries[int(t)].name] for t in self.tokenizer.token_tensor]
-        self.tensor_id = torch.tensor(ids, dtype=torch.long)  # [T] family-wide tensor id
-        self.position = self.tokenizer.token_position.clone()  # [T] chunk index within its tensor
+        lv = int(levels)
+        self.tensor_id = torch.tensor(ids, dtype=torch.long).repeat_interleave(lv)  # [T * lv] family-wide tensor id
+        # [T * lv] chunk index within its tensor (times levels, + level)
+        self.position = (self.tokenizer.token_position[:, None] * lv + torch.arange(lv)).reshape(-1)
         self.descriptor = descriptor(layout, names)
 
     @property
@@ -122,3 +128,44 @@ def nearest(layout: ParamLayout, fit_layouts: Sequence[ParamLayout]) -> int:
         return sum(abs(math.log((a.numel + 1) / (b.numel + 1))) for a, b in zip(layout.entries, other.entries))
 
     return min(range(len(fit_layouts)), key=lambda i: (dist(fit_layouts[i]), i))
+
+
+def source_for(layout: ParamLayout, fit_layouts: Sequence[ParamLayout]) -> int:
+    """Index of the fit layout an unseen size is resized from (`resize`).
+
+    The widest fit layout no larger than `layout` in any dimension of any tensor (widening it is exact:
+    the resized network computes what it computes); when every fit layout is larger somewhere, the
+    nearest in size (`nearest`), cropped.
+    """
+    def fits_inside(other: ParamLayout) -> bool:
+        return all(all(a <= b for a, b in zip(o.shape, e.shape)) for o, e in zip(other.entries, layout.entries))
+
+    inside = [i for i, lay in enumerate(fit_layouts) if fits_inside(lay)]
+    if inside:
+        return max(inside, key=lambda i: (fit_layouts[i].num_params, -i))
+    return nearest(layout, fit_layouts)
+
+
+def resize(weights: torch.Tensor, src: ParamLayout, dst: ParamLayout) -> torch.Tensor:
+    """Flat weights [n, P_src] of one family member -> [n, P_dst] of another size (Net2Net-style).
+
+    Per tensor and dimension, index i of the target takes the source's index i mod size (so a wider
+    target repeats units and a narrower one keeps the leading ones). Dimension 1 of a tensor of
+    rank >= 2 is its fan-in (torch's Linear / Conv convention: [out, in, ...]): a repeated input unit's
+    weights are divided by its number of copies, which keeps the function exactly when widening; a
+    cropped fan-in is scaled by source / target size, which keeps the pre-activation's scale only.
+    """
+    parts = []
+    for s, d in zip(src.entries, dst.entries):
+        x = weights[:, s.offset:s.offset + s.numel].reshape(len(weights), *s.shape)
+        for dim, (a, b) in enumerate(zip(s.shape, d.shape)):
+            if a == b:
+                continue
+            idx = torch.arange(b) % a
+            x = x.index_select(dim + 1, idx)
+            if dim == 1 and len(s.shape) >= 2:
+                factor = (1.0 / torch.bincount(idx, minlength=a)[idx].to(x.dtype)) if b > a \
+                    else torch.full((b,), a / b, dtype=x.dtype)
+                x = x * factor.reshape(1, 1, b, *([1] * (len(s.shape) - 2)))
+        parts.append(x.reshape(len(weights), -1))
+    return torch.cat(parts, 1)

@@ -34,18 +34,17 @@ import math
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from generators.components.conditioner import Conditioner
 from generators.components.mean_model import GroupedRidge, dataset_statistics, sets_per_group, statistics_dim
 from generators.components.normalizer_state import NormalizerState
-from generators.components.schedules import warmup_cosine
-from generators.components.set_encoder import ContextTable, embed_dataset
+from generators.components.set_encoder import embed_dataset
 from generators.conditions import Condition, common_task
 from generators.interface import WeightGenerator, _distinct_datasets
 from generators.vqar import layouts as fam
 from generators.vqar.health import record_health
+from generators.vqar.loo import loo_means
 from generators.vqar.prior import TokenPrior
 from generators.vqar.quantizer import ChunkVQVAE, train_vqvae
 from store.errors import UserError
@@ -58,19 +57,30 @@ class VQAutoregressive(WeightGenerator):
 
     method = "vqar"
     multi_layout = True
-    legacy_config = {"head_fit": "none"}  # generators saved before head_fit sampled without it
+    # generators saved before head_fit sampled without it; before token_residuals their VQ-VAE saw in-sample residuals only
+    legacy_config = {"head_fit": "none", "token_residuals": "fit", "unseen_layout": "statistics"}
 
     @dataclasses.dataclass
     class Config:
         mean_model: str = "group-ridge"  # "group-ridge" (one ridge per init group), "ridge" (one over all groups) or "none"
-        mean_kernel: str = "linear"  # the ridge's kernel: "linear", "rbf" or "auto" (by leave-one-dataset-out error)
+        mean_kernel: str = "auto"  # the ridge's kernel: "linear", "rbf" or "auto" (by leave-one-dataset-out error)
         residual_scale: float = 1.0  # sampling: mean + scale * decoded residual
+        # what the VQ-VAE learns its codebook on: "fit" (the in-sample residuals the prior is trained on) or "fit+loo"
+        # (also every model's leave-one-dataset-out residual, standardized on its own: what a held-out task's residual
+        # looks like; loo.py)
+        token_residuals: str = "fit+loo"
+        # a layout of the family the generator was not fit on (another width): "resize" (sample a fit layout, then
+        # layouts.resize: Net2Net-style, exact when widening) or "statistics" (tokens decoded with the nearest fit
+        # layout's residual statistics and no mean model)
+        unseen_layout: str = "resize"
         # sampling: the last Linear layer solved in closed form on the condition's train split over the generated
         # body's features (components/head_fit.py): "auto" (when the layout ends in one), "lsq" (required) or "none"
         head_fit: str = "auto"
         # tokens + VQ-VAE
-        chunk_size: int = 16
+        chunk_size: int = 16  # 8-bit tokens of 16 values: 0.5 bit per weight (4: 2 bits, decoded zoo >= 0.99 on both
+        # protocols at ~4x the prior's sequence, fit and sampling time; BENCHMARKS.md "## vqar")
         codebook_size: int = 256
+        vq_levels: int = 1  # residual-VQ levels: indices per chunk (the prior emits levels x chunks tokens)
         code_dim: int = 16
         vq_hidden: int = 128  # 0: identity encoder/decoder (the codebook holds chunks)
         ae_steps: int = 800
@@ -105,6 +115,10 @@ class VQAutoregressive(WeightGenerator):
             raise UserError(f"vqar option mean_model={c.mean_model!r}", "use 'ridge', 'group-ridge' or 'none'")
         if c.mean_kernel not in ("linear", "rbf", "auto"):
             raise UserError(f"vqar option mean_kernel={c.mean_kernel!r}", "use 'linear', 'rbf' or 'auto'")
+        if c.unseen_layout not in ("resize", "statistics"):
+            raise UserError(f"vqar option unseen_layout={c.unseen_layout!r}", "use 'resize' or 'statistics'")
+        if c.token_residuals not in ("fit", "fit+loo"):
+            raise UserError(f"vqar option token_residuals={c.token_residuals!r}", "use 'fit' or 'fit+loo'")
         if isinstance(c.chunk_size, bool) or not isinstance(c.chunk_size, int) or c.chunk_size < 1:
             raise UserError(f"vqar option chunk_size={c.chunk_size!r}", "give a chunk size >= 1 (e.g. 16), at most the "
                             "largest tensor of the layout")
@@ -112,7 +126,7 @@ class VQAutoregressive(WeightGenerator):
             raise UserError(f"vqar option codebook_size={c.codebook_size!r}", "give a codebook of at least 2 entries "
                             "(e.g. 256)")
         for k in ("code_dim", "d_model", "depth", "heads", "batch_size", "vq_batch", "set_hidden", "cond_dim",
-                  "max_per_class", "context_per_class", "decoded_eval_datasets"):
+                  "max_per_class", "context_per_class", "decoded_eval_datasets", "vq_levels"):
             if int(getattr(c, k)) < 1:
                 raise UserError(f"vqar option {k}={getattr(c, k)!r}", f"{k} must be >= 1")
         for k in ("steps", "ae_steps", "vq_hidden", "top_k"):
@@ -150,7 +164,8 @@ class VQAutoregressive(WeightGenerator):
 
     def _layout_tokens(self, layout: ParamLayout) -> fam.LayoutTokens:
         if layout.layout_id not in self._tokens:
-            self._tokens[layout.layout_id] = fam.LayoutTokens(layout, self.config.chunk_size, self.fit_info["names"])
+            self._tokens[layout.layout_id] = fam.LayoutTokens(layout, self.config.chunk_size, self.fit_info["names"],
+                                                              self.config.vq_levels)
         return self._tokens[layout.layout_id]
 
     # ----- modules -------------------------------------------------------------------
@@ -165,7 +180,7 @@ class VQAutoregressive(WeightGenerator):
             "conditioner": Conditioner(in_features, k, target_dim, len(info.get("metrics", [])), c.set_hidden,
                                        c.cond_dim, 1, n_groups),
             "vq": ChunkVQVAE(c.chunk_size, c.codebook_size, c.code_dim, c.vq_hidden, c.vq_decay, c.commitment,
-                             c.dead_threshold),
+                             c.dead_threshold, levels=c.vq_levels),
             "prior": TokenPrior(c.codebook_size, len(names), int(info["max_position"]), fam.descriptor_dim(names),
                                 c.cond_dim, c.d_model, c.depth, c.heads, c.dropout),
         }
@@ -173,10 +188,16 @@ class VQAutoregressive(WeightGenerator):
             n_tensors = len(d["entries"]) if "entries" in d else len(ParamLayout.from_dict(d))
             self.modules[f"l{i}_norm"] = NormalizerState(n_tensors)
             self.modules[f"l{i}_rnorm"] = NormalizerState(n_tensors)
+            if self._uses_loo:
+                self.modules[f"l{i}_lnorm"] = NormalizerState(n_tensors)  # leave-one-out residuals' statistics
             if c.mean_model != "none":
                 self.modules[f"l{i}_mean"] = GroupedRidge(info["mean_sets"][i],
                                                           statistics_dim(in_features, k, target_dim),
                                                           int(ParamLayout.from_dict(d).num_params))
+
+    @property
+    def _uses_loo(self) -> bool:
+        return self.config.token_residuals == "fit+loo" and self.config.mean_model != "none"
 
     def _modules(self) -> dict[str, nn.Module]:
         return self.modules
@@ -236,7 +257,7 @@ class VQAutoregressive(WeightGenerator):
         task, k = common_task(datasets)
         layouts = [p["layout"] for p in parts]
         names = fam.name_table(layouts)
-        toks = [fam.LayoutTokens(lay, c.chunk_size, names) for lay in layouts]  # chunk_size > largest tensor: UserError
+        toks = [fam.LayoutTokens(lay, c.chunk_size, names, c.vq_levels) for lay in layouts]  # chunk_size > largest tensor: UserError
         kk = k if task == "classification" else 0
         info = self.fit_info
         info.update({"input_shape": list(datasets[0].input_shape), "num_classes": k, "task": task,
@@ -259,7 +280,7 @@ class VQAutoregressive(WeightGenerator):
                 progress(0, total=c.ae_steps + c.steps, info="vq-vae")
             stats = torch.stack([dataset_statistics(d.x_train, d.y_train, kk) for d in datasets]) \
                 if c.mean_model != "none" else None
-            resid, means = [], []
+            resid, means, loo_resid = [], [], []
             for i, (p, r) in enumerate(zip(parts, ridge)):
                 x = self.modules[f"l{i}_norm"].set(Normalizer.fit(p["x"], p["layout"])).transform(p["x"], torch.float32)
                 if stats is not None:
@@ -271,15 +292,21 @@ class VQAutoregressive(WeightGenerator):
                 rn = self.modules[f"l{i}_rnorm"].set(Normalizer.fit(x - mu, p["layout"]))
                 resid.append(rn.transform(x - mu, torch.float32))
                 means.append(mu)
+                if self._uses_loo:
+                    d = x - loo_means(self.modules[f"l{i}_mean"], stats, p["index"], r)
+                    loo_resid.append(self.modules[f"l{i}_lnorm"].set(Normalizer.fit(d, p["layout"])).transform(d, torch.float32))
             chunks = [t.encode(r) for t, r in zip(toks, resid)]  # ([N, T, D], [T, D])
+            loo_chunks = [t.encode(r) for t, r in zip(toks, loo_resid)]
             D = c.chunk_size
-            pool = torch.cat([ch.reshape(-1, D) for ch, _ in chunks])
-            pool_mask = torch.cat([m.expand(len(ch), -1, -1).reshape(-1, D) for ch, m in chunks])
+            pool = torch.cat([ch.reshape(-1, D) for ch, _ in chunks + loo_chunks])
+            pool_mask = torch.cat([m.expand(len(ch), -1, -1).reshape(-1, D) for ch, m in chunks + loo_chunks])
             vq = self.modules["vq"]
             vq_mse = train_vqvae(vq, pool, pool_mask, c.ae_steps, c.vq_batch, c.ae_lr, g, progress)
             codes = [vq.encode(ch.reshape(-1, D), m.expand(len(ch), -1, -1).reshape(-1, D)).reshape(len(ch), -1)
                      for ch, m in chunks]
-            record_health(self, parts, toks, resid, means, codes, datasets, vq_mse, g)
+            loo_codes = [vq.encode(ch.reshape(-1, D), m.expand(len(ch), -1, -1).reshape(-1, D)).reshape(len(ch), -1)
+                         for ch, m in loo_chunks]
+            record_health(self, parts, toks, resid, means, codes, datasets, vq_mse, g, loo_resid, loo_codes)
             if progress:
                 progress(0, info="prior")
             info["prior_final_loss"] = self._train_prior(parts, toks, codes, datasets, kk, g, progress)
@@ -289,49 +316,9 @@ class VQAutoregressive(WeightGenerator):
             m.eval()
 
     def _train_prior(self, parts, toks, codes, datasets, k, g, progress) -> float:
-        c = self.config
-        if c.steps == 0:
-            return float("nan")
-        cond, prior = self.modules["conditioner"], self.modules["prior"]
-        names = self.fit_info["metrics"]
-        mvals = [torch.stack([p["metrics"][m] for m in names], 1) if names else None for p in parts]
-        if names:
-            allm = torch.cat(mvals)
-            cond.metric_mean.copy_(allm.mean(0))
-            cond.metric_std.copy_(allm.std(0).clamp_min(1e-3) if len(allm) > 1 else torch.ones(allm.shape[1]))
-        contexts = ContextTable(datasets, k)
-        params = list(cond.parameters()) + list(prior.parameters())
-        opt = torch.optim.AdamW(params, lr=c.lr, weight_decay=c.weight_decay, foreach=True)
-        sched = warmup_cosine(opt, c.steps)
-        sizes = torch.tensor([float(len(p["x"])) for p in parts])
-        offs = self.fit_info["group_offsets"]
-        cond.train()
-        prior.train()
-        ema = None
-        for step in range(c.steps):
-            li = int(torch.multinomial(sizes, 1, generator=g)) if len(parts) > 1 else 0
-            p, t = parts[li], toks[li]
-            bs = min(c.batch_size, len(p["x"]))
-            idx = torch.randint(len(p["x"]), (bs,), generator=g)
-            xs, ys, set_index, n_sets, uniq, inv = contexts.draw(p["index"][idx], c.max_per_class, g)
-            emb = cond.set_encoder(xs, ys, set_index, n_sets)[inv]
-            keep = torch.zeros(bs, dtype=torch.bool)
-            mv = mvals[li][idx] if names else None
-            drop_m = torch.rand(bs, generator=g) < c.metric_drop if names else None
-            cvec = cond.combine(emb, keep, mv, drop_m, p["groups"][idx] + offs[li])
-            logits = prior(cvec, t.descriptor, t.tensor_id, t.position, codes[li][idx])
-            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), codes[li][idx].reshape(-1))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
-            sched.step()
-            ema = float(loss.detach()) if ema is None else 0.98 * ema + 0.02 * float(loss.detach())
-            if progress and (step + 1) % 50 == 0:
-                progress(50, info=f"prior loss {ema:.3f}")
-        if progress and c.steps % 50:
-            progress(c.steps % 50)
-        return float(ema)
+        from generators.vqar.prior import train_prior
+
+        return train_prior(self, parts, toks, codes, datasets, k, g, progress)
 
     # ----- sampling --------------------------------------------------------------------------
     def _to_weights(self, li: int, layout: ParamLayout, r_hat: torch.Tensor, mean: torch.Tensor,
@@ -343,11 +330,12 @@ class VQAutoregressive(WeightGenerator):
         x = mean + scale * rn_n.inverse(r_hat, torch.float32)
         return Normalizer(layout, norm.mean, norm.std).inverse(x)
 
-    def reconstruct(self, weights: torch.Tensor, dataset, layout: ParamLayout | str | None = None):
+    def reconstruct(self, weights: torch.Tensor, dataset, layout: ParamLayout | str | None = None,
+                    seen_as: str = "heldout"):
         """Checkpoints [m, P] for `dataset` through the VQ-VAE alone -> (aligned, decoded, mean_only) (reconstruct.py)."""
         from generators.vqar.reconstruct import reconstruct
 
-        return reconstruct(self, weights, dataset, layout)
+        return reconstruct(self, weights, dataset, layout, seen_as)
 
     @torch.no_grad()
     def embed(self, dataset) -> torch.Tensor:
@@ -359,6 +347,9 @@ class VQAutoregressive(WeightGenerator):
         layout = self.resolve_layout(layout)
         fit_ids = [lay.layout_id for lay in self.layouts]
         seen = layout.layout_id in fit_ids
+        if not seen and c.unseen_layout == "resize":
+            src = self.layouts[fam.source_for(layout, self.layouts)]
+            return fam.resize(self._sample(n, dataset, target, seed, src), src, layout).contiguous()
         li = fit_ids.index(layout.layout_id) if seen else fam.nearest(layout, self.layouts)
         t = self._layout_tokens(layout)
         cond, prior, vq = self.modules["conditioner"], self.modules["prior"], self.modules["vq"]
@@ -396,18 +387,6 @@ class VQAutoregressive(WeightGenerator):
         anything with `.held_out`; with both, the held-out tasks' zoo checkpoints are decoded through the VQ-VAE (the strict check: the
         codebook never saw them); otherwise the decoded-zoo figure is the training checkpoints' (fit_info).
         """
-        from generators.vqar.health import decoded_heldout
+        from generators.vqar.health import benchmark_figures
 
-        h = self.fit_info.get("codebook") or {}
-        out = {"codebook_usage": h.get("usage_fraction"), "dead_code_fraction": h.get("dead_code_fraction"),
-               "codebook_perplexity": h.get("perplexity"), "vq_residual_relative_mse": h.get("residual_relative_mse"),
-               "decoded_zoo_seen_relative_acc": h.get("decoded_zoo_relative_acc"),
-               "decoded_zoo_seen_mean_only_relative_acc": h.get("mean_only_relative_acc")}
-        get = (lambda k: context.get(k)) if isinstance(context, dict) else (lambda k: getattr(context, k, None))
-        store, split = (get("store"), get("split") or get("resolution")) if context is not None else (None, None)
-        held = list(getattr(split, "held_out", None) or (split or {}).get("held_out", []) if split is not None else [])
-        fig = decoded_heldout(self, store, held) if store is not None and held else {}
-        out["decoded_zoo_relative_acc"] = fig.get("decoded_zoo_relative_acc", out["decoded_zoo_seen_relative_acc"])
-        out["decoded_zoo_checkpoints"] = "held-out" if fig else "seen (training)"
-        out.update({k: v for k, v in fig.items() if k != "decoded_zoo_relative_acc"})
-        return out
+        return benchmark_figures(self, context)

@@ -4,6 +4,7 @@
                        d_model=128, depth=2, heads=4)
     logits = prior(cond, desc, tensor_id, position, tokens)          # [B, T, K]: teacher forcing
     tokens = prior.generate(cond, desc, tensor_id, position, temperature=1.0, top_k=0, generator=g)
+    train_prior(gen, parts, toks, codes, datasets, k, g, progress)   # a vqar fit's prior stage (model.py)
 
 Sequence (IGPG style): two prefix vectors, then one input per token in layout order:
 
@@ -26,6 +27,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from generators.components.schedules import warmup_cosine
+from generators.components.set_encoder import ContextTable
 
 
 class Block(nn.Module):
@@ -125,3 +129,50 @@ def sample_logits(logits: torch.Tensor, temperature: float, top_k: int, generato
         kth = logits.topk(top_k, -1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
     return torch.multinomial(torch.softmax(logits, -1), 1, generator=generator)[:, 0]
+
+
+def train_prior(gen, parts, toks, codes, datasets, k, g, progress) -> float:
+    """Teacher-forced cross-entropy of gen's prior (and its conditioner) on every fit layout's token sequences."""
+    c = gen.config
+    if c.steps == 0:
+        return float("nan")
+    cond, prior = gen.modules["conditioner"], gen.modules["prior"]
+    names = gen.fit_info["metrics"]
+    mvals = [torch.stack([p["metrics"][m] for m in names], 1) if names else None for p in parts]
+    if names:
+        allm = torch.cat(mvals)
+        cond.metric_mean.copy_(allm.mean(0))
+        cond.metric_std.copy_(allm.std(0).clamp_min(1e-3) if len(allm) > 1 else torch.ones(allm.shape[1]))
+    contexts = ContextTable(datasets, k)
+    params = list(cond.parameters()) + list(prior.parameters())
+    opt = torch.optim.AdamW(params, lr=c.lr, weight_decay=c.weight_decay, foreach=True)
+    sched = warmup_cosine(opt, c.steps)
+    sizes = torch.tensor([float(len(p["x"])) for p in parts])
+    offs = gen.fit_info["group_offsets"]
+    cond.train()
+    prior.train()
+    ema = None
+    for step in range(c.steps):
+        li = int(torch.multinomial(sizes, 1, generator=g)) if len(parts) > 1 else 0
+        p, t = parts[li], toks[li]
+        bs = min(c.batch_size, len(p["x"]))
+        idx = torch.randint(len(p["x"]), (bs,), generator=g)
+        xs, ys, set_index, n_sets, uniq, inv = contexts.draw(p["index"][idx], c.max_per_class, g)
+        emb = cond.set_encoder(xs, ys, set_index, n_sets)[inv]
+        keep = torch.zeros(bs, dtype=torch.bool)
+        mv = mvals[li][idx] if names else None
+        drop_m = torch.rand(bs, generator=g) < c.metric_drop if names else None
+        cvec = cond.combine(emb, keep, mv, drop_m, p["groups"][idx] + offs[li])
+        logits = prior(cvec, t.descriptor, t.tensor_id, t.position, codes[li][idx])
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), codes[li][idx].reshape(-1))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        ema = float(loss.detach()) if ema is None else 0.98 * ema + 0.02 * float(loss.detach())
+        if progress and (step + 1) % 50 == 0:
+            progress(50, info=f"prior loss {ema:.3f}")
+    if progress and c.steps % 50:
+        progress(c.steps % 50)
+    return float(ema)

@@ -32,9 +32,9 @@ class ChunkVQVAE(nn.Module):
     """Chunks [M, D] (+ masks) <-> code indices [M]; a VectorQuantize between a small encoder and decoder."""
 
     def __init__(self, chunk_size: int, codebook_size: int, code_dim: int, hidden: int, decay: float = 0.9,
-                 commitment: float = 0.25, dead_threshold: float = 1.0, kmeans_iters: int = 10):
+                 commitment: float = 0.25, dead_threshold: float = 1.0, kmeans_iters: int = 10, levels: int = 1):
         super().__init__()
-        from vector_quantize_pytorch import VectorQuantize
+        from vector_quantize_pytorch import ResidualVQ, VectorQuantize
 
         self.chunk_size, self.codebook_size, self.hidden = int(chunk_size), int(codebook_size), int(hidden)
         if self.hidden:
@@ -46,9 +46,11 @@ class ChunkVQVAE(nn.Module):
         else:  # identity encoder / decoder: the codebook holds chunks
             self.code_dim = self.chunk_size
             self.encoder = self.decoder = None
-        self.vq = VectorQuantize(dim=self.code_dim, codebook_size=self.codebook_size, decay=decay,
-                                 commitment_weight=commitment, kmeans_init=True, kmeans_iters=kmeans_iters,
-                                 threshold_ema_dead_code=dead_threshold)
+        self.levels = int(levels)
+        kw = dict(dim=self.code_dim, codebook_size=self.codebook_size, decay=decay, commitment_weight=commitment,
+                  kmeans_init=True, kmeans_iters=kmeans_iters, threshold_ema_dead_code=dead_threshold)
+        # levels > 1: residual VQ (each level quantizes what the levels before it left), `levels` indices per chunk
+        self.vq = VectorQuantize(**kw) if self.levels == 1 else ResidualVQ(num_quantizers=self.levels, **kw)
 
     def _encode(self, chunks: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         m = masks.to(chunks.dtype)
@@ -71,7 +73,7 @@ class ChunkVQVAE(nn.Module):
 
     @torch.no_grad()
     def encode(self, chunks: torch.Tensor, masks: torch.Tensor, batch: int = 65536) -> torch.Tensor:
-        """[M, D] chunks -> [M] nearest-entry indices (no codebook update)."""
+        """[M, D] chunks -> [M] nearest-entry indices ([M, levels] with residual levels; no codebook update)."""
         was = self.training
         self.eval()
         out = []
@@ -83,9 +85,13 @@ class ChunkVQVAE(nn.Module):
 
     @torch.no_grad()
     def decode(self, indices: torch.Tensor) -> torch.Tensor:
-        """[...] indices -> [..., D] chunk values."""
-        codes = self.vq.get_output_from_indices(indices.reshape(1, -1))[0]
-        return self._decode(codes).reshape(*indices.shape, self.chunk_size)
+        """[..., T * levels] indices (a chunk's levels adjacent) -> [..., T, D] chunk values ([...] -> [..., D] at 1 level)."""
+        if self.levels == 1:
+            codes = self.vq.get_output_from_indices(indices.reshape(1, -1))[0]
+            return self._decode(codes).reshape(*indices.shape, self.chunk_size)
+        lead = indices.shape[:-1]
+        codes = self.vq.get_output_from_indices(indices.reshape(1, -1, self.levels))[0]
+        return self._decode(codes).reshape(*lead, -1, self.chunk_size)
 
 
 def train_vqvae(vq: ChunkVQVAE, chunks: torch.Tensor, masks: torch.Tensor, steps: int, batch_size: int, lr: float,
@@ -99,6 +105,7 @@ def train_vqvae(vq: ChunkVQVAE, chunks: torch.Tensor, masks: torch.Tensor, steps
     vq.train()
     m = len(chunks)
     first = torch.randperm(m, generator=generator)[:max(batch_size, 8 * vq.codebook_size)]
+    # (with residual levels every level's codebook is k-means initialised on this batch's residuals)
     vq.loss(chunks[first], masks[first])  # k-means init (and one EMA update)
     params = [p for p in vq.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, foreach=True) if params and vq.hidden else None
@@ -123,12 +130,21 @@ def train_vqvae(vq: ChunkVQVAE, chunks: torch.Tensor, masks: torch.Tensor, steps
     return float(ema)
 
 
-def codebook_health(indices: torch.Tensor, codebook_size: int) -> dict[str, float]:
+def codebook_health(indices: torch.Tensor, codebook_size: int, levels: int = 1) -> dict[str, float]:
     """Usage of a codebook by a set of tokens: fraction of entries used, perplexity, dead entries.
 
     perplexity = exp(entropy of the code frequencies): codebook_size when every entry is
-    used equally, 1 when one entry takes every token.
+    used equally, 1 when one entry takes every token. With residual levels (indices [..., T * levels],
+    a chunk's levels adjacent) every level's codebook is its own: levels x codebook_size entries,
+    and the perplexity is the mean over the levels.
     """
+    if levels > 1:
+        lv = indices.reshape(-1, levels)
+        per = [codebook_health(lv[:, j], codebook_size) for j in range(levels)]
+        out = codebook_health(lv + torch.arange(levels) * codebook_size, codebook_size * levels)
+        out["perplexity"] = sum(h["perplexity"] for h in per) / levels
+        out["level_usage_fractions"] = [h["usage_fraction"] for h in per]
+        return out
     counts = torch.bincount(indices.reshape(-1), minlength=codebook_size).to(torch.float64)
     p = counts / counts.sum().clamp_min(1.0)
     nz = p[p > 0]

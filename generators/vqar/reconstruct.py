@@ -19,13 +19,15 @@ from store.layout import ParamLayout
 
 
 @torch.no_grad()
-def reconstruct(gen, weights: torch.Tensor, dataset, layout: ParamLayout | str | None = None):
+def reconstruct(gen, weights: torch.Tensor, dataset, layout: ParamLayout | str | None = None, seen_as: str = "heldout"):
     """Checkpoints [m, P] of a fit layout, trained on `dataset` -> (aligned, decoded, mean_only), each [m, P].
 
     Through the VQ-VAE alone (no prior): each checkpoint is permuted into the generator's
     coordinates (weight matching against each init group's ridge mean for the dataset; the
     closest group is kept), its residual from that mean tokenized, quantized and decoded.
     `aligned` computes what the checkpoint computes; `mean_only` is the group's mean alone.
+    seen_as "heldout" (a task the mean model did not see: the leave-one-out residual statistics,
+    when the fit kept them) or "fit" (the in-sample ones).
     """
     from generators.components.symmetry import alignable
     from wsl.align import apply_permutation, weight_matching
@@ -56,11 +58,14 @@ def reconstruct(gen, weights: torch.Tensor, dataset, layout: ParamLayout | str |
         group.append(best[1])
     aligned = torch.stack(aligned)
     mu = means[torch.tensor(group)]
-    r = gen.modules[f"l{li}_rnorm"].normalizer(layout).transform(norm.transform(aligned, torch.float32) - mu,
-                                                                  torch.float32)
+    # residual statistics: the leave-one-out residuals' when the codebook learned them (a checkpoint of a task the
+    # mean may not have seen), else the in-sample ones
+    key = f"l{li}_lnorm" if seen_as == "heldout" and f"l{li}_lnorm" in gen.modules else f"l{li}_rnorm"
+    rn = gen.modules[key].normalizer(layout)
+    r = rn.transform(norm.transform(aligned, torch.float32) - mu, torch.float32)
     t, vq = gen._layout_tokens(layout), gen.modules["vq"]
     chunks, mask = t.encode(r)
     codes = vq.encode(chunks.reshape(-1, chunks.shape[-1]), mask.expand(len(r), -1, -1).reshape(-1, mask.shape[-1]))
     r_hat = t.decode(vq.decode(codes).reshape(chunks.shape))
-    return (aligned, gen._to_weights(li, layout, r_hat, mu, 1.0),
-            gen._to_weights(li, layout, torch.zeros_like(r_hat), mu, 1.0))
+    decoded = norm.inverse(mu + rn.inverse(r_hat, torch.float32))
+    return aligned, decoded, norm.inverse(mu)
