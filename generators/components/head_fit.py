@@ -11,9 +11,11 @@ the body's own penultimate features h(x) of (at most MAX_SAMPLES of) the train s
     [W | b] = argmin ||[h, 1] [W | b]^T - T||^2 + lam * ||W||^2     (T: +1 for the class, -1 otherwise;
                                                                         regression: the targets)
 
-then, for classification, one logit temperature per model from a fixed grid by train-split
-cross-entropy (least-squares logits sit near +-1, so without it the loss would say nothing).
-lam = LAMBDA times the mean diagonal of h^T h (scale-free). Nothing is trained: one solve per
+then, for classification, scaled so that its weight matrix has the norm of the head it replaces
+(least-squares logits sit near +-1; a scale fit by train cross-entropy instead grows without
+bound on separable tasks (digit pairs: samples 143 from the nearest training checkpoint, fresh
+models 6.9), which inflates every weight-space distance and the loss a later fine-tuning starts from; a positive scale leaves the
+predictions as they are). lam = LAMBDA times the mean diagonal of h^T h (scale-free). Nothing is trained: one solve per
 model, in chunks of models, deterministic.
 
 Why: the weights a generator predicts for a new task are right in the body and wrong in the
@@ -28,8 +30,6 @@ here: this is one batched `torch.linalg.solve`.
 """
 from __future__ import annotations
 
-import math
-
 import torch
 
 from store.errors import UserError
@@ -39,7 +39,6 @@ from wsl.data import Dataset
 HEAD_FITS = ("auto", "lsq", "none")
 MAX_SAMPLES = 4096  # train samples the head is solved on (a fixed, seeded subset when the split is larger)
 LAMBDA = 1e-3  # ridge penalty, times the mean diagonal of the feature Gram matrix
-TEMPERATURES = tuple(10.0 ** (k / 8.0) for k in range(-8, 25))  # logit scales tried: 0.1 .. 1000
 FEATURE_BUDGET = 2 ** 24  # floats of penultimate features held at once (models per chunk follow from it)
 
 
@@ -122,21 +121,10 @@ def fit_head(weights: torch.Tensor, layout: ParamLayout, dataset: Dataset, mode:
         gram = gram + (scale[:, None] * reg)[:, :, None] * torch.eye(hdim + 1, dtype=torch.float64)
         sol = torch.linalg.solve(gram, f1.transpose(1, 2) @ target)  # [n, H+1, K]
         sol = torch.nan_to_num(sol, nan=0.0, posinf=0.0, neginf=0.0)
-        if classification:
-            sol = sol * _temperature(f1 @ sol, y.long())[:, None, None]
+        if classification:  # the generated head's scale (module docstring)
+            given = w[:, ew.offset:ew.offset + ew.numel].to(torch.float64).norm(dim=1)
+            sol = sol * (given / sol[:, :hdim].flatten(1).norm(dim=1).clamp_min(1e-12))[:, None, None]
         rows = slice(i, i + len(w))
         out[rows, ew.offset:ew.offset + ew.numel] = sol[:, :hdim].transpose(1, 2).reshape(len(w), -1).to(out.dtype)
         out[rows, eb.offset:eb.offset + eb.numel] = sol[:, hdim].to(out.dtype)
     return out
-
-
-def _temperature(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """[n] the logit scale from TEMPERATURES with the lowest train cross-entropy for each model (logits [n, M, K])."""
-    best, best_loss = torch.ones(len(logits), dtype=torch.float64), torch.full((len(logits),), math.inf, dtype=torch.float64)
-    idx = y.view(1, -1, 1).expand(len(logits), -1, 1)
-    for s in TEMPERATURES:
-        loss = -torch.log_softmax(logits * s, -1).gather(2, idx).squeeze(2).mean(1)
-        better = loss < best_loss
-        best = torch.where(better, torch.full_like(best, s), best)
-        best_loss = torch.where(better, loss, best_loss)
-    return best
