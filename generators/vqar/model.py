@@ -59,8 +59,9 @@ class VQAutoregressive(WeightGenerator):
 
     method = "vqar"
     multi_layout = True
-    # generators saved before head_fit sampled without it; before token_residuals their VQ-VAE saw in-sample residuals only
-    legacy_config = {"head_fit": "none", "token_residuals": "fit", "unseen_layout": "statistics"}
+    # generators saved before head_fit sampled without it; before token_residuals their VQ-VAE saw in-sample residuals
+    # only; before unseen_layout an unseen width got the nearest statistics; before mean_kernel the ridge was linear
+    legacy_config = {"head_fit": "none", "token_residuals": "fit", "unseen_layout": "statistics", "mean_kernel": "linear"}
 
     @dataclasses.dataclass
     class Config:
