@@ -310,3 +310,17 @@ def test_fit_keeps_leave_one_out_statistics_and_levels_sample(widths_zoo):
     assert w.shape == (2, lay.num_params) and bool(torch.isfinite(w).all())
     plain = VQAutoregressive.fit(zs, "width = 4", last=True, metric="test_acc", **{**TINY, "token_residuals": "fit"})
     assert "l0_lnorm" not in plain.modules and "loo_residual_relative_mse" not in plain.fit_info["codebook"]
+
+
+def test_cached_generation_matches_teacher_forcing():
+    """Greedy sampling with the preallocated key/value cache picks what the full causal pass scores highest."""
+    from generators.vqar.prior import TokenPrior
+
+    torch.manual_seed(0)
+    prior = TokenPrior(8, 2, 16, 6, 4, d_model=16, depth=2, heads=2, dropout=0.0).eval()
+    cond, desc = torch.randn(3, 4), torch.randn(6)
+    tid, pos = torch.tensor([0] * 5 + [1] * 4), torch.arange(9)
+    out = prior.generate(cond, desc, tid, pos, 0.0, 0, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        logits = prior(cond, desc, tid, pos, out)
+    assert torch.equal(logits.argmax(-1), out)

@@ -14,7 +14,9 @@ Fitting, per layout of the family (layouts.py), top to bottom:
 3. Tokens: `wsl.tokenize.ChunkTokenizer` cuts each tensor of the residual into chunks of
    `chunk_size` values (the last chunk of a tensor padded and masked).
 4. VQ-VAE over the chunks of every layout together (quantizer.py: vector-quantize-pytorch's
-   EMA codebook with k-means init and dead-code replacement); its health (usage, perplexity,
+   EMA codebook with k-means init and dead-code replacement), trained on the in-sample residuals
+   and (token_residuals="fit+loo") every model's leave-one-dataset-out residual, each standardized
+   on its own (loo.py: what a held-out task's residual looks like); its health (usage, perplexity,
    dead codes, reconstruction error per tensor, decoded-zoo accuracy) goes into fit_info.
 5. Prior (prior.py): a causal transformer over each model's code indices in layout order,
    conditioned on the Conditioner's vector (set-encoder embedding of the dataset's train
@@ -23,9 +25,9 @@ Fitting, per layout of the family (layouts.py), top to bottom:
 
 Sampling: embed the dataset -> pick an init group (seeded) -> prior tokens (temperature,
 top-k, seeded) -> VQ decoder -> chunks -> residual -> + conditional mean -> inverse
-standardization. A layout of the family the generator never saw (another width) gets the
-statistics of the nearest fit layout and no mean model: what that gives is measured, not
-promised (docs/generators.md "vqar").
+standardization (-> the head fit, applied by sample()). A layout of the family the generator
+never saw (another width) is sampled at a fit width and resized (layouts.resize); what that
+gives is measured, not promised (docs/generators.md "vqar").
 """
 from __future__ import annotations
 
@@ -57,8 +59,9 @@ class VQAutoregressive(WeightGenerator):
 
     method = "vqar"
     multi_layout = True
-    # generators saved before head_fit sampled without it; before token_residuals their VQ-VAE saw in-sample residuals only
-    legacy_config = {"head_fit": "none", "token_residuals": "fit", "unseen_layout": "statistics"}
+    # generators saved before head_fit sampled without it; before token_residuals their VQ-VAE saw in-sample residuals
+    # only; before unseen_layout an unseen width got the nearest statistics; before mean_kernel the ridge was linear
+    legacy_config = {"head_fit": "none", "token_residuals": "fit", "unseen_layout": "statistics", "mean_kernel": "linear"}
 
     @dataclasses.dataclass
     class Config:
