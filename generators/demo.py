@@ -85,7 +85,7 @@ def run(store, out: str | Path, held_out: str = "digits-pair:0-2", seen: str = "
         if a.get("retrieval-nearest+head", {}).get("n"):
             emit(f"  the samples' last layer is fit on the task's training split (head_fit={c.head_fit}); the same head on "
                  f"the lookups: retrieval-select {m('retrieval-select+head')}, retrieval-nearest "
-                 f"{m('retrieval-nearest+head')}")
+                 f"{m('retrieval-nearest+head')}, freshly initialised networks {m('random-init+head')}")
         nv = cr.novelty.get("generated-raw", {})
         n6 = cr.novelty.get("noise-0.06", {})
         emit(f"  novelty: distance to nearest training checkpoint {nv.get('nn_l2_aligned_mean', float('nan')):.2f} "

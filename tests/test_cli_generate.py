@@ -76,7 +76,7 @@ def test_fit_sample_eval(run_cli, stores, gen_dir, tmp_path):
     # --no-baselines drops the Zeng et al. baselines; the task baselines stay in every report
     assert {row["kind"] for row in r["rows"]} == {"generated", "zoo", "majority", "retrieval-select",
                                                   "retrieval-nearest", "shuffled-condition",
-                                                  "retrieval-select+head", "retrieval-nearest+head"}
+                                                  "retrieval-select+head", "retrieval-nearest+head", "random-init+head"}
 
 
 @pytest.mark.parametrize("args, message", [

@@ -56,7 +56,7 @@ def test_report_and_samples_table(zoo_store, tmp_path):
     assert seen.seen and not unseen.seen and seen.condition == "digits-pair:0-1|test_acc=1"
     weighted = {"generated", "noise-0.06", "noise-0.12", "avg16", "gaussfit", "interp", "retrieval-select",
                 "retrieval-nearest", "shuffled-condition",
-                "retrieval-select+head", "retrieval-nearest+head"}  # the generator fits its head (head_fit=auto)
+                "retrieval-select+head", "retrieval-nearest+head", "random-init+head"}  # it fits its head (head_fit=auto)
     for c in rep.conditions:
         assert set(c.accuracy) == weighted | {"zoo", "majority"}
         g = c.accuracy["generated"]
@@ -78,11 +78,13 @@ def test_report_and_samples_table(zoo_store, tmp_path):
     assert json.loads((out / "report.json").read_text())["summary"]["seen"]["conditions"] == 1
 
     written = record(st, gen, rep, tmp_path / "gen")
-    assert written == {"samples": 2 * 6 * 6 + 2 * (4 + 6 + 2 * 2) + 2 * 6, "generators": 1}  # retrieval kinds x2: +head
+    # retrieval kinds twice (+head), random-init+head 6 per condition
+    assert written == {"samples": 2 * 6 * 6 + 2 * (4 + 6 + 2 * 2) + 2 * 6 + 2 * 6, "generators": 1}
     df = st.sql("SELECT kind, count(*) AS n, avg(test_acc) AS acc FROM samples GROUP BY kind ORDER BY kind")
     assert dict(zip(df.kind, df.n)) == {"avg16": 12, "gaussfit": 12, "generated": 12, "interp": 12, "noise-0.06": 12,
                                       "noise-0.12": 12, "retrieval-select": 10, "retrieval-nearest": 4,
-                                      "retrieval-select+head": 10, "retrieval-nearest+head": 4, "shuffled-condition": 12}
+                                      "retrieval-select+head": 10, "retrieval-nearest+head": 4, "random-init+head": 12,
+                                      "shuffled-condition": 12}
     row = st.sql("SELECT * FROM generators")
     assert row.generator_id[0] == gen.generator_id and json.loads(row.report[0])["n"] == 6
     w, meta = st.weights("SELECT sample_id FROM samples WHERE kind = 'generated' ORDER BY sample_id", table="samples")

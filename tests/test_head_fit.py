@@ -124,5 +124,7 @@ def test_head_targets_only_when_the_head_baselines_exist():
     line = {"heldout_select4_acc": 0.9, "heldout_raw_acc": 0.8, "heldout_retrieval_select_head_acc": 0.85,
             "heldout_retrieval_nearest_head_acc": 0.82}
     assert head_targets(line) == {"select4_beats_retrieval_select_head": True, "raw_beats_retrieval_nearest_head": False}
+    line["heldout_random_init_head_acc"] = 0.7
+    assert head_targets(line)["raw_beats_random_init_head"] is True
     assert head_targets({"heldout_raw_acc": 0.8, "heldout_retrieval_nearest_head_acc": None}) == {}
     assert "raw_beats_retrieval_nearest_head" not in targets({"heldout_raw_acc": 0.8})

@@ -27,7 +27,8 @@ tasks; seen_zoo_seed_std: the RMS of each task's seed-to-seed std), heldout_zoo_
 heldout_select4_acc (the generated models at --select k, k = `select`), heldout_gap_closed_select4,
 heldout_retrieval_select_acc, heldout_retrieval_nearest_acc, heldout_shuffled_condition_acc,
 heldout_retrieval_select_head_acc / heldout_retrieval_nearest_head_acc (the lookups given the method's
-sampling-time head fit; null for a method without one), heldout_majority_acc, sample_eval_256_s, fit_s, novelty {generated, fresh, noise-0.06, noise-0.12:
+sampling-time head fit; null for a method without one), heldout_random_init_head_acc (freshly
+initialised networks given that head fit), heldout_majority_acc, sample_eval_256_s, fit_s, novelty {generated, fresh, noise-0.06, noise-0.12:
 acc, iou_max, iou_gen_gen, nn_l2_stored, nn_l2_aligned}, the four generic novelty differences
 (seen_iou_max_minus_fresh, seen_aligned_nn_l2_over_fresh, seen_acc_minus_fresh,
 seen_gen_gen_iou_minus_fresh_fresh), targets {name: bool}, and the run's settings and load.
@@ -251,6 +252,7 @@ def run(o: HarnessOptions, say: Callable[[str], None] = lambda s: None, progress
         # the lookups given the generator's own sampling-time head fit (NaN -> null without one; task_baselines.py)
         "heldout_retrieval_select_head_acc": _group_means(hc, "retrieval-select+head"),
         "heldout_retrieval_nearest_head_acc": _group_means(hc, "retrieval-nearest+head"),
+        "heldout_random_init_head_acc": _group_means(hc, "random-init+head"),
         "heldout_majority_acc": maj_h,
         "heldout_min_task_raw_acc": min((c.accuracy[raw_kind]["mean"] for c in hc), default=math.nan),
     })
@@ -337,7 +339,8 @@ def head_targets(line: Mapping[str, Any]) -> dict[str, bool]:
     lookups given the same head fit (what the generated body adds beyond a lookup plus a probe); {} otherwise."""
     out = {}
     for name, mine, theirs in (("select4_beats_retrieval_select_head", "heldout_select4_acc", "heldout_retrieval_select_head_acc"),
-                               ("raw_beats_retrieval_nearest_head", "heldout_raw_acc", "heldout_retrieval_nearest_head_acc")):
+                               ("raw_beats_retrieval_nearest_head", "heldout_raw_acc", "heldout_retrieval_nearest_head_acc"),
+                               ("raw_beats_random_init_head", "heldout_raw_acc", "heldout_random_init_head_acc")):
         other = line.get(theirs)
         if isinstance(other, (int, float)) and math.isfinite(other):
             out[name] = bool(line.get(mine) is not None and line[mine] > other)

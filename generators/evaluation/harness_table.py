@@ -23,6 +23,7 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("retrieval-nearest", "heldout_retrieval_nearest_acc", "pct"),
     ("retr.-select+head", "heldout_retrieval_select_head_acc", "pct"),  # empty for a method without a head fit
     ("retr.-nearest+head", "heldout_retrieval_nearest_head_acc", "pct"),
+    ("random init+head", "heldout_random_init_head_acc", "pct"),
     ("shuffled cond.", "heldout_shuffled_condition_acc", "pct"),
     ("majority", "heldout_majority_acc", "pct"),
     ("seen raw", "seen_generated_acc", "pct"),

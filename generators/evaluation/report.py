@@ -12,7 +12,8 @@ Per condition (a dataset):
   every finished model of the generator's layout; references.py), of the task baselines
   (task_baselines.py: majority, retrieval-select, retrieval-nearest, shuffled-condition, and
   for a generator that fits its last layer at sampling time also retrieval-select+head and
-  retrieval-nearest+head: the lookups given that same head fit),
+  retrieval-nearest+head: the lookups given that same head fit, and random-init+head: freshly
+  initialised networks given it),
   of freshly trained models when a fresh store is given (`fresh`), and of the Zeng et al.
   baselines (baselines.py);
 - gap closed per kind: (mean - majority) / (zoo - majority); the summary computes it on
@@ -257,6 +258,10 @@ def evaluate_condition(gen: WeightGenerator, condition: str | Dataset | Conditio
                 head = lambda w: gen.fit_head(w, layout, ds)  # noqa: E731
                 kinds["retrieval-select+head"] = ctx.pool.retrieval_select(ds, n, exclude=own, transform=head)
                 kinds["retrieval-nearest+head"] = head(kinds["retrieval-nearest"])
+        if gen.fits_head(layout, ds):
+            from generators.evaluation.finetune import random_init
+
+            kinds["random-init+head"] = gen.fit_head(random_init(layout, n, seed), layout, ds)
             extra["retrieval_pool"] = sum(t != own for t in ctx.pool.tasks)
         others = [t for t in ctx.seen_tasks if t != ds.name]
         if others:

@@ -26,6 +26,9 @@
   fit (for select: every pool checkpoint gets the head, then the n best by train loss are kept).
   Compare the raw / selected samples with these too: they say what the generated body adds
   beyond a lookup plus a closed-form probe.
+- `random-init+head` (same condition): n freshly initialised networks of the layout (torch's
+  default init, seeded) given that head fit: a random-features probe, what the head fit gives
+  with no generator and no zoo at all (digits-pairs: 97.3% held-out against the zoo's 99.4%).
 - `gap closed`: the fraction of the learnable gap (majority -> trained zoo) captured.
 
 All deterministic: the pool is kept in checkpoint-id order, ties are broken by that order,
@@ -46,7 +49,7 @@ from wsl.data import Dataset
 
 TASK_KINDS = ("majority", "retrieval-select", "retrieval-nearest", "shuffled-condition")
 # the retrieval baselines with the generator's sampling-time head fit (components/head_fit.py), when it has one
-HEAD_KINDS = ("retrieval-select+head", "retrieval-nearest+head")
+HEAD_KINDS = ("retrieval-select+head", "retrieval-nearest+head", "random-init+head")
 
 
 def majority_class(ds: Dataset) -> int:
