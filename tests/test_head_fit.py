@@ -84,13 +84,18 @@ def test_modes_and_bad_input():
         LatentDiffusion(head_fit="best")
 
 
-def test_diffusion_samples_with_and_without_head_and_legacy_configs_load_without(tmp_path):
+def _tiny_diffusion() -> LatentDiffusion:
     tasks = ["digits-pair:0-1", "digits-pair:2-3"]
     layout = ParamLayout.from_config(config_for(load_dataset(tasks[0]), {"name": "mlp", "width": 4, "depth": 1}))
     w = torch.randn(6, layout.num_params, generator=torch.Generator().manual_seed(0)) * 0.3
     tiny = dict(latent_dim=2, ae_hidden=8, ae_steps=5, steps=5, denoiser_hidden=8, denoiser_depth=1, set_hidden=4,
                 cond_dim=4, batch_size=4, max_per_class=4, sample_steps=3, mean_model="none")
-    gen = LatentDiffusion(**tiny).fit_tensors(w, layout, tasks * 3)
+    return LatentDiffusion(**tiny).fit_tensors(w, layout, tasks * 3)
+
+
+def test_diffusion_samples_with_and_without_head_and_legacy_configs_load_without(tmp_path):
+    gen = _tiny_diffusion()
+    layout = gen.layout
     assert gen.config.head_fit == "auto"
     fitted, _ = gen.sample(5, "digits-pair:4-5", seed=0)
     gen.config.head_fit = "none"
@@ -128,3 +133,12 @@ def test_head_targets_only_when_the_head_baselines_exist():
     assert head_targets(line)["raw_beats_random_init_head"] is True
     assert head_targets({"heldout_raw_acc": 0.8, "heldout_retrieval_nearest_head_acc": None}) == {}
     assert "raw_beats_retrieval_nearest_head" not in targets({"heldout_raw_acc": 0.8})
+
+
+def test_report_without_a_zoo_still_has_the_random_init_head_baseline():
+    from generators.evaluation.report import evaluate_condition
+
+    gen = _tiny_diffusion()
+    cr = evaluate_condition(gen, "digits-pair:4-5", n=3, finetune_steps=(0,))
+    assert cr.accuracy["random-init+head"]["n"] == 3 and "retrieval-select+head" not in cr.accuracy
+    assert "retrieval_pool" not in cr.extra  # no pool without a store: no lookup baselines

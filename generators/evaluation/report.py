@@ -251,18 +251,19 @@ def evaluate_condition(gen: WeightGenerator, condition: str | Dataset | Conditio
             kinds.update(bl.baselines(reference, layout, n, seed=seed))
     if task_baselines:
         own = ds.name if seen else None  # a seen task retrieves from the other tasks only
+        headed = gen.fits_head(layout, ds)  # the head baselines (task_baselines.HEAD_KINDS)
+        head = lambda w: gen.fit_head(w, layout, ds)  # noqa: E731
         if ctx.pool is not None and any(t != own for t in ctx.pool.tasks):
             kinds["retrieval-select"] = ctx.pool.retrieval_select(ds, n, exclude=own)
             kinds["retrieval-nearest"], extra["retrieval_nearest_task"] = ctx.pool.retrieval_nearest(ds, exclude=own)
-            if gen.fits_head(layout, ds):
-                head = lambda w: gen.fit_head(w, layout, ds)  # noqa: E731
+            extra["retrieval_pool"] = sum(t != own for t in ctx.pool.tasks)
+            if headed:
                 kinds["retrieval-select+head"] = ctx.pool.retrieval_select(ds, n, exclude=own, transform=head)
                 kinds["retrieval-nearest+head"] = head(kinds["retrieval-nearest"])
-        if gen.fits_head(layout, ds):
+        if headed:
             from generators.evaluation.finetune import random_init
 
-            kinds["random-init+head"] = gen.fit_head(random_init(layout, n, seed), layout, ds)
-            extra["retrieval_pool"] = sum(t != own for t in ctx.pool.tasks)
+            kinds["random-init+head"] = head(random_init(layout, n, seed))
         others = [t for t in ctx.seen_tasks if t != ds.name]
         if others:
             extra["shuffled_task"] = tb.shuffled_task(ds.name, others, seed)
