@@ -259,8 +259,7 @@ class WeightGenerator:
 
         The report applies it to the retrieval baselines too (`retrieval-*+head`).
         """
-        mode = getattr(self.config, "head_fit", "none")
-        return head_fit.fit_head(weights, layout, dataset, mode) if mode != "none" else weights
+        return head_fit.fit_head(weights, layout, dataset, getattr(self.config, "head_fit", "none"))
 
     def fits_head(self, layout: ParamLayout, dataset: Dataset) -> bool:
         """Whether sample() replaces the last layer for this layout and dataset (`fit_head`)."""

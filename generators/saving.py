@@ -133,8 +133,7 @@ def from_pretrained(directory: str | os.PathLike, expect: type | None = None) ->
     if expect is not None and getattr(expect, "method", "") and not issubclass(klass, expect):
         raise UserError(f"{directory} holds a {method!r} generator, not a {expect.method!r} one",
                         "load it with generators.load_generator")
-    given = cfg.get("config") or {}
-    gen = klass({**{k: v for k, v in klass.legacy_config.items() if k not in given}, **given})
+    gen = klass({**klass.legacy_config, **(cfg.get("config") or {})})  # what it saved wins over legacy values
     gen.layout = ParamLayout.from_dict(cfg["layout"])
     if cfg.get("layout_id") and gen.layout.layout_id != cfg["layout_id"]:
         raise UserError(f"{directory}/config.json: its layout hashes to {gen.layout.layout_id}, not the recorded "

@@ -71,16 +71,21 @@ def check_mode(mode: str) -> str:
     return mode
 
 
-def active(mode: str, layout: ParamLayout, dataset: Dataset) -> bool:
-    """Whether `mode` fits a head for this layout and dataset ("auto": whenever the layout ends in a fitting Linear)."""
+def _head(mode: str, layout: ParamLayout, dataset: Dataset) -> tuple[str, str] | None:
+    """The head `mode` fits for this layout and dataset, or None ("auto": whenever the layout ends in a fitting Linear)."""
     check_mode(mode)
     if mode == "none":
-        return False
+        return None
     found = final_linear(layout, head_outputs(dataset))
     if found is None and mode == "lsq":
         raise UserError(f"head_fit='lsq' but layout {layout.layout_id} does not end in a Linear layer with "
                         f"{head_outputs(dataset)} outputs", "use head_fit='auto' or 'none' for this architecture")
-    return found is not None
+    return found
+
+
+def active(mode: str, layout: ParamLayout, dataset: Dataset) -> bool:
+    """Whether `mode` fits a head for this layout and dataset."""
+    return _head(mode, layout, dataset) is not None
 
 
 def _train_subset(dataset: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
@@ -94,11 +99,12 @@ def _train_subset(dataset: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
 @torch.no_grad()
 def fit_head(weights: torch.Tensor, layout: ParamLayout, dataset: Dataset, mode: str = "lsq") -> torch.Tensor:
     """weights [N, P] with the last Linear layer solved on the dataset's train split (module docstring)."""
-    if not active(mode, layout, dataset):
+    found = _head(mode, layout, dataset)
+    if found is None:
         return weights
     from wsl.functional import population_forward
 
-    wname, bname = final_linear(layout, head_outputs(dataset))
+    wname, bname = found
     ew, eb = layout[wname], layout[bname]
     x, y = _train_subset(dataset)
     classification = dataset.task == "classification"

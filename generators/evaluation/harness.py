@@ -336,7 +336,8 @@ def targets(line: Mapping[str, Any]) -> dict[str, bool]:
 
 def head_targets(line: Mapping[str, Any]) -> dict[str, bool]:
     """For a generator that fits its head at sampling time: the two retrieval targets again, against the
-    lookups given the same head fit (what the generated body adds beyond a lookup plus a probe); {} otherwise."""
+    lookups given the same head fit, and raw samples against freshly initialised networks given it (what
+    the generated body adds beyond a lookup, or random features, plus a probe); {} otherwise."""
     out = {}
     for name, mine, theirs in (("select4_beats_retrieval_select_head", "heldout_select4_acc", "heldout_retrieval_select_head_acc"),
                                ("raw_beats_retrieval_nearest_head", "heldout_raw_acc", "heldout_retrieval_nearest_head_acc"),
