@@ -53,6 +53,20 @@ def where_option(default_note: str = "default: all") -> Any:
     return typer.Option(None, "--where", "-w", help=f"{WHERE_HELP} ({default_note}). {WHERE_SEE}")
 
 
+ARCH_EXAMPLE = '\'{"name": "mlp", "width": 32}\''
+
+
+def arch_config(arch: str, label: str = "--arch") -> dict:
+    """An architecture config given as JSON on the command line (`--arch`, `wsl info layout`); else a UserError."""
+    try:
+        cfg = json.loads(arch)
+    except json.JSONDecodeError as e:
+        raise UserError(f"{label} is not valid JSON ({e.msg}): {arch!r}", f"write it as JSON, e.g. {ARCH_EXAMPLE}") from None
+    if not isinstance(cfg, dict):
+        raise UserError(f"{label} {arch!r} is not a JSON object", f"write it as JSON, e.g. {ARCH_EXAMPLE}")
+    return cfg
+
+
 def name_list(items, limit: int = 4) -> str:
     """'a, b, c, d and 2 more': a list in a message whose count and names agree."""
     items = [str(i) for i in items]

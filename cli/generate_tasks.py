@@ -5,7 +5,6 @@ The layout comes from `--arch` or from the store's one layout.
 """
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import List
@@ -54,11 +53,8 @@ def fit_tasks(klass, method: str, store, out, datasets, arch, where, protocol, s
     first = load_dataset(names[0])
     zs = open_store(store, create=False) if arch is None else None
     if arch is not None:
-        try:
-            arch_cfg = json.loads(arch)
-        except json.JSONDecodeError as e:
-            raise UserError(f"--arch {arch!r} is not JSON ({e})", 'write e.g. --arch \'{"name": "mlp", "width": 32}\'') from None
-        if not isinstance(arch_cfg, dict) or "name" not in arch_cfg:
+        arch_cfg = common.arch_config(arch)
+        if "name" not in arch_cfg:
             raise UserError(f"--arch {arch!r} is not an architecture config", 'give a JSON object with a "name"')
         layout = layout_for(config_for(first, arch_cfg))
     else:

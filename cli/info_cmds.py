@@ -1,13 +1,11 @@
 """`wsl datasets` and `wsl layout`: look at the built-in data and architectures before training."""
 from __future__ import annotations
 
-import json
 from typing import Optional
 
 import typer
 
 from cli import common
-from store.errors import UserError
 
 
 def datasets(
@@ -33,12 +31,7 @@ def layout(
     from wsl import ParamLayout
     from zoo import config_for, load_dataset
 
-    try:
-        config = json.loads(arch)
-    except json.JSONDecodeError as e:
-        raise UserError(f"architecture {arch!r} is not valid JSON ({e.msg})", 'write e.g. \'{"name": "mlp", "width": 32}\'') from None
-    if not isinstance(config, dict):
-        raise UserError(f"architecture {arch!r} is not a JSON object", 'write e.g. \'{"name": "mlp", "width": 32}\'')
+    config = common.arch_config(arch, "architecture")
     lay = ParamLayout.from_config(config_for(load_dataset(dataset), config))
     if fmt == "json":
         common.emit({"layout_id": lay.layout_id, "num_params": lay.num_params, **lay.to_dict()}, fmt)

@@ -7,7 +7,6 @@
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import List, Optional
 
@@ -137,18 +136,6 @@ class _Phases:
         self.stack.close()
 
 
-def _arch_option(arch: Optional[str]):
-    if arch is None:
-        return None
-    try:
-        cfg = json.loads(arch)
-    except json.JSONDecodeError as e:
-        raise UserError(f"--arch is not valid JSON ({e})", 'give e.g. --arch \'{"name": "mlp", "width": 32}\'') from None
-    if not isinstance(cfg, dict):
-        raise UserError(f"--arch {arch!r} is not a JSON object", 'give e.g. --arch \'{"name": "mlp", "width": 32}\'')
-    return cfg
-
-
 def _only(fmt: str, allowed: str, **given) -> None:
     for name, value in given.items():
         if value not in (None, False, []):
@@ -204,7 +191,7 @@ def import_(
     Everything is read and validated before anything is written; a failed import writes nothing (not even zoo.json).
     Re-importing is a no-op; a file that changed since is a conflict.
     """
-    arch_cfg = _arch_option(arch)
+    arch_cfg = None if arch is None else common.arch_config(arch)
     kind, paths = (args[0], args[1:]) if args[0] in IMPORT_FORMATS else ("dir", args)
     if not paths:
         raise UserError(f"`wsl store import {kind}` needs a PATH", f"e.g. wsl store import {kind} ./my-zoo")

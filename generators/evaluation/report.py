@@ -261,8 +261,6 @@ def evaluate_condition(gen: WeightGenerator, condition: str | Dataset | Conditio
                 kinds["retrieval-select+head"] = ctx.pool.retrieval_select(ds, n, exclude=own, transform=head)
                 kinds["retrieval-nearest+head"] = head(kinds["retrieval-nearest"])
         if headed:
-            from generators.evaluation.finetune import random_init
-
             kinds["random-init+head"] = head(random_init(layout, n, seed))
         others = [t for t in ctx.seen_tasks if t != ds.name]
         if others:
