@@ -58,6 +58,12 @@ KERNELS = ("linear", "rbf")
 RBF_SCALES = (0.5, 1.0, 2.0, 4.0, 8.0)  # gamma = scale / median squared distance between the training statistics
 
 
+def _shrinkage(e: torch.Tensor, q: torch.Tensor, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(e / (e + lam), diag of the hat matrix H = K (K + lam I)^-1) from K's eigendecomposition (e, q)."""
+    w = e.clamp_min(0) / (e.clamp_min(0) + lam)
+    return w, (q.pow(2) * w).sum(1)
+
+
 def _loo_error(gram: torch.Tensor, basis: torch.Tensor, lambdas, weight: torch.Tensor) -> list[tuple[float, float]]:
     """[(lambda, weighted mean squared leave-one-out error)] of kernel ridge with kernel `gram` [D, D].
 
@@ -66,13 +72,11 @@ def _loo_error(gram: torch.Tensor, basis: torch.Tensor, lambdas, weight: torch.T
     cost r << P. One eigendecomposition serves every lambda: H = Q diag(e / (e + lam)) Q^T.
     """
     e, q = torch.linalg.eigh(gram)
-    e = e.clamp_min(0)
     qb = q.T @ basis
     out = []
     for lam in lambdas:
-        w = e / (e + lam)
+        w, hii = _shrinkage(e, q, lam)
         resid = basis - q @ (w[:, None] * qb)
-        hii = (q.pow(2) * w).sum(1)
         loo = resid / (1.0 - hii).clamp_min(1e-6)[:, None]
         out.append((lam, float((loo.pow(2).sum(1) * weight).sum() / weight.sum())))
     return out
@@ -164,6 +168,19 @@ class RidgeMean(nn.Module):
         return {"ridge_penalty": pen / float(gram.diagonal().mean().clamp_min(1e-12)), "ridge_loo_mse": err / t.shape[1],
                 "ridge_loo_explained": 1.0 - err / total, "ridge_kernel": "rbf" if gamma > 0 else "linear",
                 "ridge_loo_sq_error": err}
+
+    @torch.no_grad()
+    def loo_shift(self) -> torch.Tensor:
+        """[D, P] leave-one-dataset-out minus in-sample prediction for each training dataset (no refit).
+
+        Centred targets t = (K + lam I) a, in-sample prediction t - lam a, LOO prediction
+        t_i - lam a_i / (1 - H_ii) (the identity the penalty is chosen by): the shift is
+        -lam a_i H_ii / (1 - H_ii). The intercept is not refit.
+        """
+        lam = float(self.penalty)
+        e, q = torch.linalg.eigh(self._kernel(self.features, self.features, float(self.gamma)))
+        _, hii = _shrinkage(e, q, lam)
+        return -lam * self.dual_coef * (hii / (1.0 - hii).clamp_min(1e-6))[:, None]
 
     def forward(self, stats: torch.Tensor) -> torch.Tensor:
         s = (stats.to(torch.float64).reshape(-1, self.features.shape[1]) - self.feature_mean) / self.feature_scale

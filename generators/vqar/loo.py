@@ -14,8 +14,8 @@ cost one eigendecomposition per init group and no refit:
     centred targets t = (K + lam I) a,  in-sample prediction = t - lam a,
     H = K (K + lam I)^-1,              LOO prediction of row i = t_i - lam a_i / (1 - H_ii)
 
-(the identity components/mean_model.py `_loo_error` uses to choose the penalty; the intercept is
-not refit, as there). A model's LOO residual = its dataset mean's LOO residual + its spread around
+(`RidgeMean.loo_shift`, the identity components/mean_model.py uses to choose the penalty; the
+intercept is not refit, as there). A model's LOO residual = its dataset mean's LOO residual + its spread around
 that mean. The VQ-VAE is trained on these together with the in-sample residuals
 (`token_residuals="fit+loo"`, model.py), each standardized per tensor by its own statistics.
 """
@@ -24,19 +24,6 @@ from __future__ import annotations
 import torch
 
 MIN_SETS = 3  # fewer datasets in a group: no meaningful leave-one-out, the in-sample mean is used
-
-
-@torch.no_grad()
-def _ridge_loo(ridge) -> torch.Tensor:
-    """[D, P] leave-one-out minus in-sample prediction for each of a fitted RidgeMean's D training datasets."""
-    feats, coef = ridge.features, ridge.dual_coef
-    lam, gamma = float(ridge.penalty), float(ridge.gamma)
-    gram = ridge._kernel(feats, feats, gamma)
-    e, q = torch.linalg.eigh(gram)
-    w = e.clamp_min(0) / (e.clamp_min(0) + lam)
-    hii = (q.pow(2) * w).sum(1)
-    # LOO - in-sample = (t - lam a / (1 - h)) - (t - lam a) = -lam a h / (1 - h)
-    return -lam * coef * (hii / (1.0 - hii).clamp_min(1e-6))[:, None]
 
 
 @torch.no_grad()
@@ -55,5 +42,5 @@ def loo_means(mean_model, stats: torch.Tensor, index: torch.Tensor, groups: torc
         sets, inv = torch.unique(index[rows], return_inverse=True)
         if len(sets) < MIN_SETS or len(sets) != len(ridge.features):
             continue
-        out[rows] += _ridge_loo(ridge)[inv]
+        out[rows] += ridge.loo_shift()[inv]
     return out.to(torch.float32)
