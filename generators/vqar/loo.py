@@ -1,6 +1,6 @@
 """Leave-one-dataset-out means: what the ridge mean predicts for a training model's task had it not seen that task.
 
-    mu_loo = loo_means(grouped_ridge, index, groups)      # [N, P] standardized, one row per training model
+    mu_loo = loo_means(grouped_ridge, mu, index, groups)  # mu [N, P]: its in-sample prediction; standardized rows
 
 Why (measured, BENCHMARKS.md "## vqar"): the ridge mean (components/mean_model.py) nearly
 interpolates the tasks it was fit on, so a training model's in-sample residual is tiny, while a
@@ -27,14 +27,14 @@ MIN_SETS = 3  # fewer datasets in a group: no meaningful leave-one-out, the in-s
 
 
 @torch.no_grad()
-def loo_means(mean_model, stats: torch.Tensor, index: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+def loo_means(mean_model, insample: torch.Tensor, index: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
     """[N, P] float32: every training model's leave-one-dataset-out mean (its own group's ridge).
 
-    mean_model: a fitted GroupedRidge; stats [D, F] per dataset; index [N] a model's dataset; groups [N] its group.
-    A group fit on fewer than MIN_SETS datasets keeps its in-sample prediction.
+    mean_model: a fitted GroupedRidge; insample [N, P] its prediction for each model's dataset and group
+    (mean_model(stats)[groups, index], which the fit has already computed); index [N] a model's dataset;
+    groups [N] its group. A group fit on fewer than MIN_SETS datasets keeps its in-sample prediction.
     """
-    pred = mean_model(stats)  # [G, D, P]
-    out = pred[groups, index].to(torch.float64)
+    out = insample.to(torch.float64).clone()
     for g, ridge in enumerate(mean_model.ridges):
         rows = torch.nonzero(groups == g).flatten()
         if len(rows) == 0:

@@ -296,7 +296,7 @@ class VQAutoregressive(WeightGenerator):
                 resid.append(rn.transform(x - mu, torch.float32))
                 means.append(mu)
                 if self._uses_loo:
-                    d = x - loo_means(self.modules[f"l{i}_mean"], stats, p["index"], r)
+                    d = x - loo_means(self.modules[f"l{i}_mean"], mu, p["index"], r)
                     loo_resid.append(self.modules[f"l{i}_lnorm"].set(Normalizer.fit(d, p["layout"])).transform(d, torch.float32))
             chunks = [t.encode(r) for t, r in zip(toks, resid)]  # ([N, T, D], [T, D])
             loo_chunks = [t.encode(r) for t, r in zip(toks, loo_resid)]
@@ -305,10 +305,13 @@ class VQAutoregressive(WeightGenerator):
             pool_mask = torch.cat([m.expand(len(ch), -1, -1).reshape(-1, D) for ch, m in chunks + loo_chunks])
             vq = self.modules["vq"]
             vq_mse = train_vqvae(vq, pool, pool_mask, c.ae_steps, c.vq_batch, c.ae_lr, g, progress)
-            codes = [vq.encode(ch.reshape(-1, D), m.expand(len(ch), -1, -1).reshape(-1, D)).reshape(len(ch), -1)
-                     for ch, m in chunks]
-            loo_codes = [vq.encode(ch.reshape(-1, D), m.expand(len(ch), -1, -1).reshape(-1, D)).reshape(len(ch), -1)
-                         for ch, m in loo_chunks]
+
+            def encode(parts_chunks):  # [N, T, D] chunks (+ [T, D] mask) of each layout -> [N, T * levels] codes
+                return [vq.encode(ch.reshape(-1, D), m.expand(len(ch), -1, -1).reshape(-1, D)).reshape(len(ch), -1)
+                        for ch, m in parts_chunks]
+
+            codes = encode(chunks)
+            loo_codes = encode(loo_chunks)
             record_health(self, parts, toks, resid, means, codes, datasets, vq_mse, g, loo_resid, loo_codes)
             if progress:
                 progress(0, info="prior")
